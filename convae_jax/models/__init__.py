@@ -1,0 +1,4 @@
+"""Autoencoder variants. Importing this package registers every built-in model."""
+from convae_jax.models import cae  # noqa: F401  (registers 'cae')
+from convae_jax.models.base import Autoencoder, AutoencoderOutput, per_example_mse
+from convae_jax.models.registry import create_model, get_model_class, known_models, register

@@ -1,0 +1,57 @@
+"""The contract every autoencoder variant follows, so the trainer never changes for one.
+
+A variant is a Flax linen module that subclasses `Autoencoder` and is registered by name
+(`models.registry.register`). Calling it on a batch of images returns an `AutoencoderOutput`:
+
+* `reconstruction`: same shape as the input, inside `output_range`;
+* `losses`: named loss terms, each a per-example array of shape [batch]. The training
+  objective is the sum over terms of their batch means (weights belong inside the model);
+* `metrics`: more named per-example values to log (same shape rule).
+
+Per-example values let evaluation mask the padding of its last batch.
+"""
+from typing import ClassVar
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class AutoencoderOutput:
+  reconstruction: jax.Array
+  losses: dict[str, jax.Array]
+  metrics: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
+
+
+def per_example_mse(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean squared error of each example over its pixels and channels: shape [batch]."""
+  return jnp.mean(jnp.square(reconstruction - target), axis=tuple(range(1, target.ndim)))
+
+
+class Autoencoder(nn.Module):
+  """Base class: encode -> decode, trained with the MSE against the input.
+
+  Subclasses define `encode(images, train)` and `decode(latents, train)` (submodules made
+  in `setup`) and may override `__call__` to add loss terms (a KL, a commitment loss, ...).
+  """
+
+  # The range of pixel values the decoder's output activation can produce. The input
+  # pipeline scales pixels into `config.input_range`, which must lie inside it.
+  output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+  # How many times encode() halves each spatial side: H and W must divide by 2**this.
+  num_downsamplings: ClassVar[int] = 0
+  # Names of the PRNG streams the model draws from (the trainer passes a key for each).
+  rng_streams: ClassVar[tuple[str, ...]] = ()
+
+  def encode(self, images: jax.Array, train: bool) -> jax.Array:
+    raise NotImplementedError
+
+  def decode(self, latents: jax.Array, train: bool) -> jax.Array:
+    raise NotImplementedError
+
+  def __call__(self, images: jax.Array, *, train: bool = False) -> AutoencoderOutput:
+    reconstruction = self.decode(self.encode(images, train), train)
+    return AutoencoderOutput(reconstruction=reconstruction,
+                             losses={'mse': per_example_mse(reconstruction, images)})
