@@ -1,0 +1,153 @@
+"""TFDS -> tf.data -> device batches.
+
+The datasets here are small (CIFAR-10 is 150 MB of uint8), so each split is decoded once
+into host memory. Training order is a function of (seed, step) alone: each epoch is a
+stateless shuffle of the indices keyed by (seed, epoch), so a run resumed at step N reads
+exactly the batches an unstopped run would, without replaying the stream.
+"""
+import dataclasses
+import socket
+import urllib.parse
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from convae_jax import datasets  # noqa: F401  (registers the embedded datasets)
+from convae_jax.datasets import import_cifar10
+
+# Datasets built from files that ship with an installed package: preparing them needs no network.
+EMBEDDED_DATASETS = ('photo_patches',)
+
+
+class DatasetUnavailableError(RuntimeError):
+  """The dataset is not in data_dir and cannot be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split decoded into host memory: uint8 images [N, H, W, C]."""
+  images: np.ndarray
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.images)
+
+
+def _unreachable_hosts(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """Hosts of the builder's download URLs that do not resolve (no network)."""
+  hosts = {urllib.parse.urlparse(url).hostname for url in (builder.url_infos or {})}
+  unreachable = []
+  for host in sorted(h for h in hosts if h):
+    try:
+      socket.getaddrinfo(host, 443)
+    except OSError:
+      unreachable.append(host)
+  return unreachable
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
+  """Makes sure the prepared dataset exists, failing in a line or two when it cannot."""
+  if builder.name in EMBEDDED_DATASETS:
+    builder.download_and_prepare()
+    return
+  help_text = (import_cifar10.MISSING_CIFAR10_HELP.format(data_dir=builder.data_dir)
+               if builder.name == 'cifar10' else
+               f'dataset {builder.name!r} is not prepared in {builder.data_dir} and could not be '
+               'downloaded; prepare it with `tfds build` and pass --config.data_dir.')
+  # Offline, TFDS retries a failing download for minutes; a DNS check answers at once.
+  # (Under tfds.testing.mock_data, download_and_prepare is a no-op and is_prepared is False.)
+  if not _is_mocked(builder) and _unreachable_hosts(builder):
+    raise DatasetUnavailableError(help_text)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except Exception as e:  # pylint: disable=broad-except  # Any download failure means the same.
+    raise DatasetUnavailableError(f'{help_text} ({type(e).__name__}: {e})') from e
+
+
+def _is_mocked(builder: tfds.core.DatasetBuilder) -> bool:
+  return type(builder).download_and_prepare.__name__ == 'mock_download_and_prepare'
+
+
+def load_split(dataset: str, split: str, data_dir: str | None) -> Split:
+  """Reads a whole TFDS split into memory as uint8 images."""
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  if not builder.is_prepared():
+    _prepare(builder)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  chunks = [c['image'] for c in tfds.as_numpy(ds.batch(10_000).prefetch(1))]
+  if not chunks:
+    raise ValueError(f'split {split!r} of dataset {dataset!r} is empty; '
+                     'choose another split with --config.train_split / --config.eval_split')
+  return Split(images=np.concatenate(chunks))
+
+
+def to_model_range(images, input_range: tuple[float, float]):
+  """uint8 pixels [0, 255] -> float32 in input_range (works on tf and numpy arrays)."""
+  low, high = input_range
+  return images * ((high - low) / 255.0) + low
+
+
+def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step: int,
+                  input_range: tuple[float, float], num_local_devices: int,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
+  """Endless float32 batches [local devices, per-device batch, H, W, C], from `start_step`.
+
+  Every process walks the same global index stream and gathers its own slice of each
+  global batch, so the global batch is the same whatever the number of processes.
+  """
+  num_examples = split.num_examples
+  local_batch = global_batch_size // process_count
+  per_device = local_batch // num_local_devices
+  first = start_step * global_batch_size
+  first_epoch, offset = divmod(first, num_examples)
+  images = tf.constant(split.images)
+
+  def epoch_order(epoch):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+    return tf.data.Dataset.from_tensor_slices(order)
+
+  def gather(indices):
+    mine = indices[process_index * local_batch:(process_index + 1) * local_batch]
+    batch = to_model_range(tf.cast(tf.gather(images, mine), tf.float32), input_range)
+    return tf.reshape(batch, (num_local_devices, per_device) + split.images.shape[1:])
+
+  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_order)
+  ds = ds.skip(offset).batch(global_batch_size, drop_remainder=True)
+  ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1  # Leave the CPU cores to XLA.
+  ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(split: Split, *, global_batch_size: int, input_range: tuple[float, float],
+                 num_local_devices: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The whole split exactly once: (images, mask) with the last batch padded, mask=False there.
+
+  Shapes [local devices, per-device batch, H, W, C] and [local devices, per-device batch].
+  """
+  local_batch = global_batch_size // process_count
+  per_device = local_batch // num_local_devices
+  num_examples = split.num_examples
+  for start in range(0, num_examples, global_batch_size):
+    indices = np.arange(start, start + global_batch_size)
+    indices = indices[process_index * local_batch:(process_index + 1) * local_batch]
+    mask = indices < num_examples
+    images = split.images[np.where(mask, indices, 0)]
+    images = to_model_range(images.astype(np.float32), input_range).astype(np.float32)
+    yield (images.reshape((num_local_devices, per_device) + images.shape[1:]),
+           mask.reshape(num_local_devices, per_device))
+
+
+def num_eval_batches(split: Split, global_batch_size: int) -> int:
+  return -(-split.num_examples // global_batch_size)
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """TF only feeds data here: keep it off the GPUs/TPUs so JAX gets all their memory."""
+  tf.config.set_visible_devices([], 'GPU')
