@@ -6,6 +6,7 @@ stateless shuffle of the indices keyed by (seed, epoch), so a run resumed at ste
 exactly the batches an unstopped run would, without replaying the stream.
 """
 import dataclasses
+import os
 import socket
 import urllib.parse
 from typing import Iterator
@@ -52,9 +53,10 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
   if builder.name in EMBEDDED_DATASETS:
     builder.download_and_prepare()
     return
-  help_text = (import_cifar10.MISSING_CIFAR10_HELP.format(data_dir=builder.data_dir)
+  data_root = os.path.dirname(os.path.dirname(builder.data_dir))  # Drop NAME/VERSION.
+  help_text = (import_cifar10.MISSING_CIFAR10_HELP.format(data_dir=data_root)
                if builder.name == 'cifar10' else
-               f'dataset {builder.name!r} is not prepared in {builder.data_dir} and could not be '
+               f'dataset {builder.name!r} is not prepared in {data_root} and could not be '
                'downloaded; prepare it with `tfds build` and pass --config.data_dir.')
   # Offline, TFDS retries a failing download for minutes; a DNS check answers at once.
   # (Under tfds.testing.mock_data, download_and_prepare is a no-op and is_prepared is False.)

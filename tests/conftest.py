@@ -1,0 +1,56 @@
+"""Shared test setup: 4 fake CPU devices (set before JAX starts), tiny configs, offline data."""
+import os
+import subprocess
+import sys
+
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+def tiny(config, **overrides):
+  """A config shrunk to a few steps of small batches, with `overrides` applied."""
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.num_grid_images = 4
+  config.profile_num_steps = 0
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.fixture
+def cifar_config():
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  return lambda **overrides: tiny(cifar.get_config(), **overrides)
+
+
+@pytest.fixture(scope='session')
+def photo_data_dir(tmp_path_factory):
+  """The embedded photo_patches dataset, prepared once per session (real images, no network)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import convae_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder('photo_patches', data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def run_launch(args, *, devices: int = 1, timeout: int = 300):
+  """Runs launch.py in a fresh process with `devices` fake CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, os.path.join(REPO, 'launch.py')] + list(args),
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                        check=False)

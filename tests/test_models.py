@@ -1,0 +1,63 @@
+"""The seed model: shapes, parameter count, full convolutionality, registry, fast layers."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from convae_jax import models
+from convae_jax.models import layers
+
+
+def _seed_model():
+  return models.create_model(ml_collections.ConfigDict({'name': 'cae'}))
+
+
+def test_shapes_and_parameter_count():
+  model = _seed_model()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == 7347
+  images = jax.random.uniform(jax.random.key(1), (5, 32, 32, 3))
+  latents = model.apply(variables, images, False, method=model.encode)
+  assert latents.shape == (5, 8, 8, 32)
+  output = model.apply(variables, images)
+  assert output.reconstruction.shape == images.shape
+  assert output.losses['mse'].shape == (5,)
+  assert float(output.reconstruction.min()) >= 0.0 and float(output.reconstruction.max()) <= 1.0
+
+
+@pytest.mark.parametrize('height,width', [(4, 4), (16, 24), (64, 36)])
+def test_fully_convolutional(height, width):
+  model = _seed_model()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  output = model.apply(variables, jnp.full((2, height, width, 3), 0.5))
+  assert output.reconstruction.shape == (2, height, width, 3)
+
+
+def test_unknown_model_lists_known_ones():
+  with pytest.raises(ValueError, match=r"unknown model.name 'nope'; known models: .*cae"):
+    models.create_model(ml_collections.ConfigDict({'name': 'nope'}))
+
+
+def test_unknown_model_setting_is_refused():
+  with pytest.raises(ValueError, match=r"has no setting widths"):
+    models.create_model(ml_collections.ConfigDict({'name': 'cae', 'widths': (4, 8)}))
+
+
+def test_max_pool_matches_flax_max_pool():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 12, 5))
+  np.testing.assert_array_equal(layers.max_pool(x, 2), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_patch_conv_transpose_matches_lax_conv_transpose():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  layer = layers.PatchConvTranspose(6, stride=2)
+  variables = layer.init(jax.random.key(1), x)
+  kernel, bias = variables['params']['kernel'], variables['params']['bias']
+  # lax.conv_transpose with transpose_kernel=True is the gradient-of-conv definition that
+  # PyTorch's ConvTranspose2d follows; it expects the kernel as [kh, kw, out, in].
+  expected = jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (2, 2), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                    transpose_kernel=True) + bias
+  np.testing.assert_allclose(layer.apply(variables, x), expected, atol=1e-5)

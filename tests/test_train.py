@@ -1,0 +1,102 @@
+"""The real training loop on fake data, on 4 fake CPU devices (see conftest.py)."""
+import functools
+import json
+import os
+
+import flax.jax_utils
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from convae_jax import config_checks, input_pipeline, metrics, models, train
+
+
+def _params_allclose(a, b, **kwargs):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, **kwargs)
+
+
+def test_overfits_one_batch(cifar_config):
+  config = cifar_config(learning_rate=1e-2)
+  model = models.create_model(config.model)
+  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+                                   (32, 32, 3))
+  metrics_cls = metrics.averages_collection(['loss', 'grad_norm', 'param_norm', 'loss_mse'])
+  step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls),
+                  axis_name='batch', in_axes=(0, 0, None))
+  # Smooth images (8x8 noise blown up 4x): a reconstructable signal, not white noise.
+  coarse = np.random.default_rng(0).uniform(size=(4, 2, 8, 8, 3)).astype(np.float32)
+  images = coarse.repeat(4, axis=2).repeat(4, axis=3)
+  state = flax.jax_utils.replicate(state)
+  losses = []
+  for _ in range(150):
+    state, update = step(state, images, jax.random.key(1))
+    losses.append(float(flax.jax_utils.unreplicate(update).compute()['loss']))
+  assert losses[-1] < 0.2 * losses[0], losses[::30]
+
+
+def test_trains_evaluates_and_counts_every_eval_image_once(cifar_config, tmp_path):
+  # 20 eval images, eval batch 8: the last batch holds 4 images and 4 of padding.
+  config = cifar_config()
+  with tfds.testing.mock_data(num_examples=20):
+    state = train.train_and_evaluate(config, str(tmp_path))
+    eval_images = input_pipeline.load_split('cifar10', 'test', None).images
+  assert int(state.step) == 4
+  model = models.create_model(config.model)
+  output = model.apply({'params': state.params}, eval_images.astype(np.float32) / 255.0)
+  expected = metrics.image_metrics(output.reconstruction, eval_images / 255.0, (0.0, 1.0))
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl', encoding='utf-8')]
+  final_eval = [l for l in lines if 'eval/mse' in l][-1]
+  assert final_eval['step'] == 4
+  for name in ('mse', 'psnr', 'ssim'):
+    np.testing.assert_allclose(final_eval[f'eval/{name}'], float(np.mean(expected[name])),
+                               rtol=1e-4)
+  assert any('train/loss' in l for l in lines)
+  assert os.path.exists(tmp_path / 'images' / 'reconstructions_4.png')
+  assert os.path.exists(tmp_path / 'config.json')
+
+
+def test_resume_continues_to_the_same_parameters(cifar_config, tmp_path):
+  with tfds.testing.mock_data(num_examples=20):
+    straight = train.train_and_evaluate(cifar_config(num_train_steps=6), str(tmp_path / 'a'))
+    train.train_and_evaluate(cifar_config(num_train_steps=4), str(tmp_path / 'b'))
+    resumed = train.train_and_evaluate(cifar_config(num_train_steps=6), str(tmp_path / 'b'))
+    # A finished run only reports: nothing changes.
+    again = train.train_and_evaluate(cifar_config(num_train_steps=6), str(tmp_path / 'b'))
+  assert int(resumed.step) == int(again.step) == 6
+  _params_allclose(straight.params, resumed.params, rtol=1e-6, atol=1e-7)
+  _params_allclose(straight.opt_state, resumed.opt_state, rtol=1e-6, atol=1e-7)
+  _params_allclose(resumed.params, again.params, rtol=0, atol=0)
+  assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['2', '4', '6']
+  # The relaunch with a longer length saved its config beside the first, not over it.
+  assert json.load(open(tmp_path / 'b' / 'config.json'))['num_train_steps'] == 4
+  assert os.path.exists(tmp_path / 'b' / 'config.resumed_at_step_4.json')
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(input_range=(-1.0, 1.0)), r'config.input_range=\(-1.0, 1.0\) lies outside .*\(0.0, 1.0\)'),
+    (dict(batch_size=6), r'config.batch_size=6 does not divide over 4 devices'),
+    (dict(eval_every_steps=0), r'config.eval_every_steps=0: must be a positive integer'),
+    (dict(optimizer='lbfgs'), r"config.optimizer='lbfgs': known optimizers are adam"),
+])
+def test_bad_configs_are_refused_before_training(cifar_config, tmp_path, overrides, message):
+  with pytest.raises(config_checks.ConfigError, match=message):
+    train.train_and_evaluate(cifar_config(**overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_unknown_model_is_refused(cifar_config, tmp_path):
+  config = cifar_config()
+  config.model.name = 'nope'
+  with pytest.raises(config_checks.ConfigError, match='known models: .*cae'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_non_finite_loss_stops_without_saving(cifar_config, tmp_path):
+  config = cifar_config(optimizer='sgd', learning_rate=1e30, num_train_steps=6)
+  with tfds.testing.mock_data(num_examples=20):
+    with pytest.raises(FloatingPointError, match=r'step [246]: non-finite train/'):
+      train.train_and_evaluate(config, str(tmp_path))
+  saved = os.listdir(tmp_path / 'checkpoints') if os.path.exists(tmp_path / 'checkpoints') else []
+  assert '6' not in saved
