@@ -5,22 +5,23 @@ import numpy as np
 from PIL import Image
 
 
-def side_by_side_grid(originals: np.ndarray, reconstructions: np.ndarray, columns: int = 8,
-                      border: int = 2) -> np.ndarray:
-  """uint8 [rows*(2H+b), columns*(W+b), C]: each cell an original above its reconstruction.
-
-  Inputs are [N, H, W, C] floats in [0, 1].
-  """
-  n, h, w, c = originals.shape
+def tile(images: np.ndarray, columns: int = 8, border: int = 2) -> np.ndarray:
+  """uint8 [rows*(H+b)+b, columns*(W+b)+b, C] grid of [N, H, W, C] floats in [0, 1]."""
+  n, h, w, c = images.shape
+  columns = min(columns, n)
   rows = -(-n // columns)
-  cell_h, cell_w = 2 * h + border, w + border
-  grid = np.ones((rows * cell_h + border, columns * cell_w + border, c), np.float32)
+  grid = np.ones((rows * (h + border) + border, columns * (w + border) + border, c), np.float32)
   for i in range(n):
     r, col = divmod(i, columns)
-    top, left = r * cell_h + border, col * cell_w + border
-    grid[top:top + h, left:left + w] = originals[i]
-    grid[top + h:top + 2 * h, left:left + w] = reconstructions[i]
+    top, left = r * (h + border) + border, col * (w + border) + border
+    grid[top:top + h, left:left + w] = images[i]
   return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def side_by_side_grid(originals: np.ndarray, reconstructions: np.ndarray,
+                      columns: int = 8) -> np.ndarray:
+  """A grid whose cells hold an original above its reconstruction ([N, H, W, C] in [0, 1])."""
+  return tile(np.concatenate([originals, reconstructions], axis=1), columns)
 
 
 def save_png(image: np.ndarray, path: str) -> None:

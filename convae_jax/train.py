@@ -71,7 +71,10 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
 
   (loss, (output, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name='batch')
-  model_state = jax.lax.pmean(model_state, axis_name='batch')
+  # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
+  model_state = jax.tree.map(
+      lambda x: jax.lax.pmean(x, 'batch') if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+      model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   values = {'loss': loss, 'grad_norm': optax.global_norm(grads),
             'param_norm': optax.global_norm(new_state.params)}
@@ -181,10 +184,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       functools.partial(eval_step, model=model, value_range=input_range,
                         metrics_cls=eval_metrics_cls),
       axis_name='batch', in_axes=(0, 0, 0, None))
-  reconstruct = jax.jit(lambda variables, x: model.apply(
-      variables, x, train=False,
-      rngs={s: jax.random.fold_in(step_rng, i) for i, s in enumerate(model.rng_streams)},
-  ).reconstruction)
+  pictures = jax.jit(lambda variables, x: model.apply(
+      variables, x, rngs={s: jax.random.fold_in(step_rng, i)
+                          for i, s in enumerate(model.rng_streams)},
+      method=lambda m, x: (m(x, train=False).reconstruction, m.pictures(x))))
   grid_indices = np.sort(np.random.default_rng(config.seed).choice(
       eval_split.num_examples, min(config.num_grid_images, eval_split.num_examples),
       replace=False))
@@ -201,17 +204,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     scalars = {f'eval/{k}': float(v)
                for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
     writer.write_scalars(step, scalars)
-    # Pictures: fixed test images beside their reconstructions.
+    # Pictures: fixed test images above their reconstructions, plus the model's own.
     host_state = _unreplicate_to_host(state)
     originals = input_pipeline.to_model_range(
         eval_split.images[grid_indices].astype(np.float32), input_range)
-    recons = np.asarray(reconstruct({'params': host_state.params, **host_state.model_state},
-                                    originals))
-    grid = image_grid.side_by_side_grid(metrics.to_unit_range(originals, input_range),
-                                        metrics.to_unit_range(recons, input_range))
-    writer.write_images(step, {'reconstructions': grid[None]})
+    recons, extra = jax.device_get(pictures(
+        {'params': host_state.params, **host_state.model_state}, originals))
+    grids = {'reconstructions': image_grid.side_by_side_grid(
+        metrics.to_unit_range(originals, input_range), metrics.to_unit_range(recons, input_range))}
+    grids.update({name: image_grid.tile(images) for name, images in extra.items()})
+    writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
     if jax.process_index() == 0:
-      image_grid.save_png(grid, os.path.join(workdir, 'images', f'reconstructions_{step}.png'))
+      for name, grid in grids.items():
+        image_grid.save_png(grid, os.path.join(workdir, 'images', f'{name}_{step}.png'))
 
   train_iter = flax.jax_utils.prefetch_to_device(input_pipeline.train_batches(
       train_split, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,

@@ -8,7 +8,13 @@ A variant is a Flax linen module that subclasses `Autoencoder` and is registered
   objective is the sum over terms of their batch means (weights belong inside the model);
 * `metrics`: more named per-example values to log (same shape rule).
 
-Per-example values let evaluation mask the padding of its last batch.
+Per-example values let evaluation mask the padding of its last batch. A variant may also
+override `pictures(images)` to add images to every evaluation (prior samples, interpolations,
+histograms), and declare class attributes: `output_range`, `num_downsamplings`,
+`rng_streams` (PRNG streams it draws from, e.g. 'sample') and `deterministic`. Variables
+outside 'params' (batch statistics, EMA codebooks, counters) are updated in training by
+declaring them with `self.variable(collection, ...)`; the trainer makes every such collection
+mutable, averages it across devices and checkpoints it.
 """
 from typing import ClassVar
 
@@ -44,12 +50,24 @@ class Autoencoder(nn.Module):
   num_downsamplings: ClassVar[int] = 0
   # Names of the PRNG streams the model draws from (the trainer passes a key for each).
   rng_streams: ClassVar[tuple[str, ...]] = ()
+  # False when the output depends on random draws (a VAE): such models can't be wrapped by
+  # variants that need a deterministic map (denoising).
+  deterministic: ClassVar[bool] = True
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
     raise NotImplementedError
 
   def decode(self, latents: jax.Array, train: bool) -> jax.Array:
     raise NotImplementedError
+
+  def pictures(self, images: jax.Array) -> dict[str, jax.Array]:
+    """Extra pictures for each evaluation, name -> images [N, H, W, C] in [0, 1].
+
+    `images` are fixed eval images (in the input range). The trainer already shows their
+    reconstructions; override to add e.g. prior samples or a code-usage histogram.
+    """
+    del images
+    return {}
 
   def __call__(self, images: jax.Array, *, train: bool = False) -> AutoencoderOutput:
     reconstruction = self.decode(self.encode(images, train), train)
