@@ -15,7 +15,7 @@ def _model(variant: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({'name': 'cae', 'features': (16, 32)})
   if variant == 'resae':
     return ml_collections.ConfigDict({
-        'name': 'resae', 'widths': (32, 64), 'blocks_per_stage': 1,
+        'name': 'resae', 'widths': (16, 32), 'blocks_per_stage': 1,
         'normalization': 'group', 'latent_channels': 32})
   if variant == 'vae':
     return ml_collections.ConfigDict({
