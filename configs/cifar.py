@@ -66,5 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_grid_images = 32  # Test images shown beside their reconstructions.
   config.profile_num_steps = 5  # Steps traced into the workdir for TensorBoard; 0 = off.
 
+  # A NaN/Inf loss or gradient: 'stop' the run (nothing non-finite is ever saved), or 'skip'
+  # that step's update and go on.
+  config.on_non_finite = 'stop'
+
   config.seed = 0
   return config

@@ -2,30 +2,47 @@
 
 The trainer hands over one host copy of the (replicated) state: Orbax cannot save the
 host-local arrays that pmap produces, and one copy is all a restore needs.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
+process killed mid-save never leaves a checkpoint that looks finished. A finished one that
+still cannot be read (a damaged disk, a file truncated by hand) is moved aside to
+WORKDIR/checkpoints_unreadable/ with a warning, and the next newest is used; nothing is
+deleted. A checkpoint of another model is refused: its workdir belongs to another run.
 """
 import os
+import shutil
+import time
 from typing import Any
 
+import flax.traverse_util
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+
+class IncompatibleCheckpointError(RuntimeError):
+  """The workdir's checkpoints were written by a different model or optimizer."""
 
 
 class Checkpointer:
-  """Saves every few steps, keeps the newest `max_to_keep`, restores the latest."""
+  """Saves every few steps, keeps the newest `max_to_keep`, restores the newest readable."""
 
   def __init__(self, workdir: str, max_to_keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any) -> None:
-    """Saves asynchronously; `state` must be host arrays (they are not donated later)."""
+  def save(self, step: int, state: Any, wait: bool = False) -> None:
+    """Saves in the background (or before returning, if `wait`); `state` must be host arrays."""
     self._manager.save(step, args=ocp.args.StandardSave(state))
+    if wait:
+      self._manager.wait_until_finished()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores `step` (default: the latest) into the structure and dtypes of `target`."""
@@ -34,6 +51,42 @@ class Checkpointer:
                             target)
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return jax.tree.map(np.asarray, restored)
+
+  def restore_newest_readable(self, target: Any) -> Any | None:
+    """The newest checkpoint that reads back, or None when there is none."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        saved = self._manager.item_metadata(step).tree
+        self._check_compatible(step, saved, target)
+        return self.restore(target, step)
+      except IncompatibleCheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # Any read failure means the same.
+        aside = self._move_aside(step)
+        logging.warning('Checkpoint %d in %s cannot be read (%s: %s); moved it to %s and '
+                        'trying the next newest.', step, self.directory, type(e).__name__,
+                        (str(e).splitlines() or [''])[0][:200], aside)
+    return None
+
+  def _check_compatible(self, step: int, saved: Any, target: Any) -> None:
+    shapes = lambda tree: {'/'.join(map(str, k)): tuple(getattr(v, 'shape', np.shape(v)))
+                           for k, v in flax.traverse_util.flatten_dict(tree).items()}
+    ours = shapes(flax.serialization.to_state_dict(target)['params'])
+    theirs = shapes(saved['params'])
+    if ours != theirs:
+      differ = sorted(set(ours.items()) ^ set(theirs.items()))[0][0]
+      raise IncompatibleCheckpointError(
+          f'checkpoint {step} in {self.directory} was written by a different model (parameter '
+          f'{differ} differs from this config\'s); use a new --workdir, or the config that '
+          'wrote it')
+
+  def _move_aside(self, step: int) -> str:
+    aside_root = os.path.join(self.workdir, 'checkpoints_unreadable')
+    os.makedirs(aside_root, exist_ok=True)
+    aside = os.path.join(aside_root, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+    shutil.move(os.path.join(self.directory, str(step)), aside)
+    self._manager.reload()
+    return aside
 
   def close(self) -> None:
     self._manager.wait_until_finished()

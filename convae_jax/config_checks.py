@@ -1,34 +1,78 @@
 """Checks of a config made before anything loads or compiles: one clear line per problem."""
+import difflib
+
 import ml_collections
 
 from convae_jax import models
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
+ON_NON_FINITE = ('stop', 'skip')
+
+# Every top-level key the trainer reads, with the types it accepts. `model` holds the
+# model's name and settings, which the model class itself checks.
+KEYS = {
+    'dataset': (str,), 'data_dir': (str, type(None)), 'train_split': (str,),
+    'eval_split': (str,), 'input_range': (tuple, list), 'model': (ml_collections.ConfigDict,),
+    'optimizer': (str,), 'learning_rate': (float, int), 'batch_size': (int,),
+    'num_epochs': (float, int), 'num_train_steps': (int,), 'eval_batch_size': (int,),
+    'log_every_steps': (int,), 'eval_every_steps': (int,), 'checkpoint_every_steps': (int,),
+    'max_to_keep': (int,), 'num_grid_images': (int,), 'profile_num_steps': (int,),
+    'seed': (int,), 'on_non_finite': (str,),
+}
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and what is allowed."""
 
 
-def _positive_int(config, key: str) -> None:
-  value = config[key]
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ConfigError(f'config.{key}={value!r}: must be a positive integer')
+def _check_keys_and_types(config: ml_collections.ConfigDict) -> None:
+  for key in config.keys():
+    if key not in KEYS:
+      close = difflib.get_close_matches(key, KEYS, n=1)
+      hint = f'did you mean {close[0]}? ' if close else ''
+      raise ConfigError(f'config.{key}: unknown key; {hint}known keys: {", ".join(sorted(KEYS))}')
+  missing = sorted(set(KEYS) - set(config.keys()))
+  if missing:
+    raise ConfigError(f'config.{missing[0]} is missing; start from configs/cifar.py')
+  for key, types in KEYS.items():
+    value = config[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+      allowed = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
+      raise ConfigError(f'config.{key}={value!r}: must be {allowed}')
+
+
+def _check_positive(config, key: str) -> None:
+  if config[key] <= 0:
+    raise ConfigError(f'config.{key}={config[key]!r}: must be a positive integer')
+
+
+def _check_dataset(name: str) -> None:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+  from convae_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import
+  known = tfds.list_builders(with_community_datasets=False)
+  if name not in known:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f'did you mean {", ".join(close)}? ' if close else ''
+    raise ConfigError(f'config.dataset={name!r} is not a TFDS dataset; {hint}'
+                      '(known: cifar10, photo_patches (offline), and tfds.list_builders())')
 
 
 def check(config: ml_collections.ConfigDict, num_devices: int) -> models.Autoencoder:
   """Validates `config` for a run on `num_devices` devices; returns the model it describes."""
+  _check_keys_and_types(config)
   try:
     model = models.create_model(config.model)
-  except (ValueError, TypeError) as e:
+  except (ValueError, TypeError, AttributeError) as e:
     raise ConfigError(f'config.model: {e}') from None
 
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
               'checkpoint_every_steps', 'max_to_keep'):
-    _positive_int(config, key)
+    _check_positive(config, key)
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
     raise ConfigError(f'config.num_train_steps={config.num_train_steps} and '
                       f'config.num_epochs={config.num_epochs}: set one of them positive')
+  if not config.learning_rate > 0:
+    raise ConfigError(f'config.learning_rate={config.learning_rate}: must be positive')
   for key in ('batch_size', 'eval_batch_size'):
     if config[key] % num_devices:
       raise ConfigError(f'config.{key}={config[key]} does not divide over {num_devices} devices; '
@@ -36,12 +80,18 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> models.Autoenc
   if config.optimizer not in OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
                       f'{", ".join(OPTIMIZERS)}')
+  if config.on_non_finite not in ON_NON_FINITE:
+    raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
+                      f'{", ".join(ON_NON_FINITE)}')
 
+  if len(config.input_range) != 2:
+    raise ConfigError(f'config.input_range={tuple(config.input_range)}: must be (low, high)')
   low, high = config.input_range
   out_low, out_high = model.output_range
-  if not (out_low <= low < high <= out_high):
+  if not out_low <= low < high <= out_high:
     raise ConfigError(
         f'config.input_range={tuple(config.input_range)} lies outside what model '
         f'{config.model.name!r} can output, {tuple(model.output_range)}: set '
         f'--config.input_range="{tuple(model.output_range)}" so reconstructions can match inputs')
+  _check_dataset(config.dataset)
   return model

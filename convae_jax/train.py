@@ -2,8 +2,9 @@
 
 `train_and_evaluate(config, workdir)` trains with a jitted, pmapped step over the local
 devices (gradients and metrics averaged with `lax.pmean`), evaluates on the whole eval
-split, writes metrics and pictures, checkpoints with Orbax and resumes from the latest
-checkpoint when launched again on the same workdir.
+split, writes metrics and pictures, checkpoints with Orbax and resumes from the newest
+readable checkpoint when launched again on the same workdir. Data order and randomness are
+functions of (seed, step), so a resumed run ends bitwise where an unstopped one would.
 """
 import functools
 import json
@@ -22,7 +23,8 @@ from absl import logging
 from clu import periodic_actions
 from flax.training import train_state
 
-from convae_jax import checkpointing, config_checks, image_grid, input_pipeline, metrics, writers
+from convae_jax import (checkpointing, config_checks, image_grid, input_pipeline, metrics,
+                        preemption, workdir as workdir_lib, writers)
 
 
 class TrainState(train_state.TrainState):
@@ -60,8 +62,12 @@ def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
 
 
 def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
-               metrics_cls) -> tuple[TrainState, Any]:
-  """One optimizer step on this device's share of the global batch (inside pmap)."""
+               metrics_cls, skip_non_finite: bool = False) -> tuple[TrainState, Any]:
+  """One optimizer step on this device's share of the global batch (inside pmap).
+
+  A step whose loss or gradients are not finite is flagged in the metrics; with
+  `skip_non_finite` its update is dropped (the step counter still advances).
+  """
 
   def loss_fn(params):
     output, model_state = _apply(model, state, params, images, train=True,
@@ -76,11 +82,23 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
       lambda x: jax.lax.pmean(x, 'batch') if jnp.issubdtype(x.dtype, jnp.inexact) else x,
       model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
-  values = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+  grad_norm = optax.global_norm(grads)
+  loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), 'batch') > 0
+  finite = loss_finite & jnp.isfinite(grad_norm)
+  if skip_non_finite:
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = kept.replace(step=new_state.step)
+  values = {'loss': loss, 'grad_norm': grad_norm,
             'param_norm': optax.global_norm(new_state.params)}
   values.update({f'loss_{name}': jnp.mean(term) for name, term in output.losses.items()})
   values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
-  return new_state, metrics_cls.gather_from_model_output(**values)
+  values.update(non_finite_loss=1.0 - loss_finite, non_finite_grads=1.0 - jnp.isfinite(grad_norm),
+                first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0))
+  # Skipped steps don't pollute the averages; the non_finite_* flags count every step.
+  # (Shape [1]: clu masks only values with a leading axis.)
+  mask = finite[None] if skip_non_finite else None
+  return new_state, metrics_cls.gather_from_model_output(
+      mask=mask, **{name: jnp.reshape(value, (1,)) for name, value in values.items()})
 
 
 def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: jax.Array, *,
@@ -96,43 +114,12 @@ def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: j
 
 
 def _metric_names(model, image_shape) -> tuple[list[str], list[str]]:
-  """Names of the train and eval metrics, read off the model's output structure."""
-  variables = jax.eval_shape(
-      lambda: model.init({'params': jax.random.key(0),
-                          **{s: jax.random.key(0) for s in model.rng_streams}},
-                         jnp.zeros((1,) + image_shape), train=False))
-  output = jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1,) + image_shape), train=False,
-                            rngs={s: jax.random.key(0) for s in model.rng_streams}), variables)
-  terms = [f'loss_{name}' for name in output.losses] + list(output.metrics)
-  return (['loss', 'grad_norm', 'param_norm'] + terms,
-          ['loss', 'mse', 'psnr', 'ssim'] + terms)
-
-
-def _unreplicate_to_host(tree):
-  return jax.device_get(flax.jax_utils.unreplicate(tree))
-
-
-def _save_config(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
-  """Writes the resolved config; a relaunch with other settings adds a file, never overwrites."""
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      if f.read() == text:
-        return
-    path = os.path.join(workdir, f'config.resumed_at_step_{start_step}.json')
-    logging.warning('Config differs from the saved one; saving it as %s', path)
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(text)
-
-
-def _check_finite(step: int, scalars: dict[str, float], checkpointer) -> None:
-  bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
-  if bad:
-    raise FloatingPointError(
-        f'step {step}: non-finite {", ".join(f"{k}={v}" for k, v in bad.items())}; stopped '
-        f'without saving (last checkpoint: step {checkpointer.latest_step()})')
+  """Names of the model's loss terms and metrics, read off its output structure."""
+  rngs = lambda: {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
+  images = jnp.zeros((1,) + image_shape)
+  variables = jax.eval_shape(lambda: model.init(rngs(), images, train=False))
+  output = jax.eval_shape(lambda v: model.apply(v, images, train=False, rngs=rngs()), variables)
+  return [f'loss_{name}' for name in output.losses] + list(output.metrics)
 
 
 def _num_train_steps(config, num_train_examples: int) -> int:
@@ -141,13 +128,38 @@ def _num_train_steps(config, num_train_examples: int) -> int:
   return max(1, int(config.num_epochs * num_train_examples // config.batch_size))
 
 
+def _check_image_shape(model, image_shape) -> None:
+  factor = 2**model.num_downsamplings
+  if image_shape[0] % factor or image_shape[1] % factor:
+    raise config_checks.ConfigError(
+        f'images of {image_shape[0]}x{image_shape[1]} do not divide by {factor}, the '
+        'downsampling factor of config.model; use a model with fewer downsamplings')
+
+
+def _unreplicate_to_host(tree):
+  return jax.device_get(flax.jax_utils.unreplicate(tree))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config`'s model in `workdir`, resuming from its latest checkpoint if any."""
+  """Trains `config`'s model in `workdir`, resuming from its newest readable checkpoint.
+
+  Raises config_checks.ConfigError for a config that cannot work (before anything loads),
+  workdir_lib.WorkdirBusyError if another run holds the workdir, checkpointing.
+  IncompatibleCheckpointError if its checkpoints belong to another model, FloatingPointError
+  on non-finite values (with on_non_finite='stop'), and preemption.Preempted after saving
+  when SIGTERM/SIGINT arrived.
+  """
   devices = jax.local_devices()
   model = config_checks.check(config, len(devices) * jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
-  input_range = tuple(config.input_range)
+  lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is None:
+    return _train_locked(config, workdir, model, devices)
+  with lock:
+    return _train_locked(config, workdir, model, devices)
 
+
+def _train_locked(config, workdir, model, devices) -> TrainState:
+  input_range = tuple(config.input_range)
   train_split = input_pipeline.load_split(config.dataset, config.train_split, config.data_dir)
   eval_split = input_pipeline.load_split(config.dataset, config.eval_split, config.data_dir)
   image_shape = train_split.images.shape[1:]
@@ -157,15 +169,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                train_split.num_examples, eval_split.num_examples, image_shape, num_train_steps,
                config.batch_size, jax.device_count())
 
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model, create_optimizer(config), init_rng, image_shape)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
+  restored = checkpointer.restore_newest_readable(state)
+  if restored is not None:
+    state = restored
     logging.info('Resumed from %s at step %d', checkpointer.directory, int(state.step))
   start_step = int(state.step)
-  _save_config(config, workdir, start_step)
+  workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
   if start_step >= num_train_steps:
     logging.info('Already trained to step %d of %d in %s; nothing to do. Last metrics: %s',
@@ -174,11 +186,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer.close()
     return state
 
-  train_names, eval_names = _metric_names(model, image_shape)
-  train_metrics_cls = metrics.averages_collection(train_names)
-  eval_metrics_cls = metrics.averages_collection(eval_names)
+  model_names = _metric_names(model, image_shape)
+  train_metrics_cls = metrics.train_collection(model_names)
+  eval_metrics_cls = metrics.averages_collection(['loss', 'mse', 'psnr', 'ssim'] + model_names)
   p_train_step = jax.pmap(
-      functools.partial(train_step, model=model, metrics_cls=train_metrics_cls),
+      functools.partial(train_step, model=model, metrics_cls=train_metrics_cls,
+                        skip_non_finite=config.on_non_finite == 'skip'),
       axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
   p_eval_step = jax.pmap(
       functools.partial(eval_step, model=model, value_range=input_range,
@@ -234,27 +247,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   state = flax.jax_utils.replicate(state, devices)
   train_metrics = None
+  last_logged = start_step
   logging.info('Training from step %d to %d', start_step, num_train_steps)
   try:
-    for step in range(start_step + 1, num_train_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, update = p_train_step(state, next(train_iter), step_rng)
-      train_metrics = update if train_metrics is None else train_metrics.merge(update)
-      for hook in hooks:
-        hook(step)
-      is_last = step == num_train_steps
-      save_now = step % config.checkpoint_every_steps == 0 or is_last
-      # Logging also checks the values are finite, so it runs before every save.
-      if step % config.log_every_steps == 0 or save_now:
-        scalars = {f'train/{k}': float(v)
-                   for k, v in flax.jax_utils.unreplicate(train_metrics).compute().items()}
-        _check_finite(step, scalars, checkpointer)
-        writer.write_scalars(step, scalars)
-        train_metrics = None
-      if step % config.eval_every_steps == 0 or is_last:
-        evaluate(step, state)
-      if save_now:
-        checkpointer.save(step, _unreplicate_to_host(state))
+    with preemption.StopRequest() as stop:
+      for step in range(start_step + 1, num_train_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, update = p_train_step(state, next(train_iter), step_rng)
+        train_metrics = update if train_metrics is None else train_metrics.merge(update)
+        for hook in hooks:
+          hook(step)
+        is_last = step == num_train_steps
+        save_now = step % config.checkpoint_every_steps == 0 or is_last or stop.requested
+        # Logging also checks the values are finite, so it runs before every save.
+        if step % config.log_every_steps == 0 or save_now:
+          scalars = flax.jax_utils.unreplicate(train_metrics).compute()
+          _check_finite(scalars, last_logged, step, config.on_non_finite, checkpointer)
+          writer.write_scalars(step, {f'train/{k}': float(v) for k, v in scalars.items()
+                                      if k != 'first_non_finite_step'})
+          train_metrics, last_logged = None, step
+        if (step % config.eval_every_steps == 0 or is_last) and not stop.requested:
+          evaluate(step, state)
+        if save_now:
+          checkpointer.save(step, _unreplicate_to_host(state), wait=stop.requested)
+        if stop.requested:
+          raise preemption.Preempted(step, stop.signal_name)
   finally:
     checkpointer.close()
     writer.flush()
@@ -262,12 +279,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return _unreplicate_to_host(state)
 
 
-def _check_image_shape(model, image_shape) -> None:
-  factor = 2**model.num_downsamplings
-  if image_shape[0] % factor or image_shape[1] % factor:
-    raise config_checks.ConfigError(
-        f'images of {image_shape[0]}x{image_shape[1]} do not divide by {factor}, the '
-        'downsampling factor of config.model; use a model with fewer downsamplings')
+def _check_finite(scalars: dict[str, Any], last_logged: int, step: int, on_non_finite: str,
+                  checkpointer: checkpointing.Checkpointer) -> None:
+  """Stops the run on non-finite values unless they are skipped (then it only logs them)."""
+  bad = [what for what, flag in (('loss', 'non_finite_loss'), ('gradients', 'non_finite_grads'))
+         if float(scalars[flag]) > 0]
+  if not bad and on_non_finite == 'stop':  # E.g. parameters that overflowed.
+    bad = [f'train/{k}' for k, v in scalars.items()
+           if k != 'first_non_finite_step' and not math.isfinite(float(v))]
+  if not bad:
+    return
+  first = float(scalars['first_non_finite_step'])
+  where = (f'first at step {int(first)}' if math.isfinite(first) else
+           f'in steps {last_logged + 1}-{step}')
+  if on_non_finite == 'skip':
+    logging.warning('Step %d: skipped updates with non-finite %s (%s)', step, ' and '.join(bad),
+                    where)
+    return
+  raise FloatingPointError(
+      f'step {step}: non-finite {" and ".join(bad)} ({where}); stopped without saving (last '
+      f'checkpoint: step {checkpointer.latest_step()}). Lower the learning rate, or set '
+      '--config.on_non_finite=skip to skip such steps')
 
 
 def _last_eval_line(workdir: str) -> str:

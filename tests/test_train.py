@@ -65,8 +65,9 @@ def test_resume_continues_to_the_same_parameters(cifar_config, tmp_path):
     # A finished run only reports: nothing changes.
     again = train.train_and_evaluate(cifar_config(num_train_steps=6), str(tmp_path / 'b'))
   assert int(resumed.step) == int(again.step) == 6
-  _params_allclose(straight.params, resumed.params, rtol=1e-6, atol=1e-7)
-  _params_allclose(straight.opt_state, resumed.opt_state, rtol=1e-6, atol=1e-7)
+  # Bitwise: the data position and randomness are functions of (seed, step).
+  _params_allclose(straight.params, resumed.params, rtol=0, atol=0)
+  _params_allclose(straight.opt_state, resumed.opt_state, rtol=0, atol=0)
   _params_allclose(resumed.params, again.params, rtol=0, atol=0)
   assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['2', '4', '6']
   # The relaunch with a longer length saved its config beside the first, not over it.
@@ -96,7 +97,7 @@ def test_unknown_model_is_refused(cifar_config, tmp_path):
 def test_non_finite_loss_stops_without_saving(cifar_config, tmp_path):
   config = cifar_config(optimizer='sgd', learning_rate=1e30, num_train_steps=6)
   with tfds.testing.mock_data(num_examples=20):
-    with pytest.raises(FloatingPointError, match=r'step [246]: non-finite train/'):
+    with pytest.raises(FloatingPointError, match=r'step 2: non-finite loss and gradients \(first at step 2\)'):
       train.train_and_evaluate(config, str(tmp_path))
   saved = os.listdir(tmp_path / 'checkpoints') if os.path.exists(tmp_path / 'checkpoints') else []
   assert '6' not in saved
