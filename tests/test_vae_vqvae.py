@@ -142,3 +142,19 @@ def test_bad_variant_settings_are_refused(settings, message):
   config.model = ml_collections.ConfigDict(settings)
   with pytest.raises(config_checks.ConfigError, match=message):
     config_checks.check(config, num_devices=1)
+
+
+def test_ema_codebook_starts_from_encoder_outputs():
+  quantizer = vqvae.VectorQuantizer(num_codes=4, code_dim=2, use_ema=True)
+  z = jax.random.normal(jax.random.key(0), (2, 3, 3, 2)) * 10.0
+  variables = quantizer.init(jax.random.key(1), z, False)
+  assert float(variables['vq_ema']['initialized']) == 0.0
+  _, updates = quantizer.apply(variables, z, True, mutable=['vq_ema'])
+  assert float(updates['vq_ema']['initialized']) == 1.0
+  # Before the EMA step each code was an encoder output; after it, it sits close to one.
+  first_codes = np.asarray(z.reshape(-1, 2))[np.linspace(0, 17, 4).astype(int)]
+  _, again = quantizer.apply({'vq_ema': {**updates['vq_ema']}}, z, True, mutable=['vq_ema'])
+  assert float(again['vq_ema']['initialized']) == 1.0
+  codebook = updates['vq_ema']['embed_sum'] / updates['vq_ema']['cluster_size'][:, None]
+  distances = np.linalg.norm(np.asarray(codebook)[:, None] - first_codes[None], axis=-1)
+  assert distances.min(axis=1).max() < 2.0  # vs. |z| ~ 14: data, not the tiny random init.

@@ -56,13 +56,19 @@ def _steps_reached(workdir) -> int:
   return max(steps)
 
 
+def _newest_checkpoint(workdir) -> int:
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  return max(steps, default=0)
+
+
 def _final_params(workdir):
   """The parameters of the newest checkpoint, as saved (no model or config needed)."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(workdir, 'checkpoints')
-  step = max(int(name) for name in os.listdir(directory) if name.isdigit())
-  saved = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), 'default'))
+  step = _newest_checkpoint(workdir)
+  saved = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'default'))
   return step, jax.tree.leaves(saved['params'])
 
 
@@ -90,8 +96,12 @@ def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
       process.wait()
       finished = False
     log.close()
+    # What the next launch resumes from: the newest checkpoint on disk after the kill.
+    resume_step = _newest_checkpoint(crashy)
+    reached = max(_steps_reached(crashy), resume_step)
     events.append({'launch': i, 'delay_s': round(delay, 2), 'finished_before_kill': finished,
-                   'step_reached': _steps_reached(crashy), 'log': log_path})
+                   'step_reached': reached, 'resumed_from': resume_step,
+                   'steps_lost': reached - resume_step, 'log': log_path})
     if finished:
       break
 
@@ -100,15 +110,15 @@ def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
   final_rc = process.wait()
   log.close()
 
-  # What each relaunch resumed from, read from its log (the next launch after each kill).
+  # Each relaunch that got as far as restoring must have resumed from that checkpoint.
   logs = [e['log'] for e in events[1:]] + [final_log]
-  unreadable = False
+  unreadable, mismatched = False, []
   for event, next_log in zip(events, logs):
     with open(next_log, encoding='utf-8') as f:
       text = f.read()
     found = re.search(r'Resumed from .* at step (\d+)', text)
-    event['resumed_from'] = int(found.group(1)) if found else 0
-    event['steps_lost'] = max(0, event['step_reached'] - event['resumed_from'])
+    if found and int(found.group(1)) != event['resumed_from']:
+      mismatched.append(event['launch'])
     unreadable |= 'cannot be read' in text
 
   same = None
@@ -121,10 +131,11 @@ def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
       'resumes': sum(1 for e in events if not e['finished_before_kill']),
       'max_steps_lost': max((e['steps_lost'] for e in events), default=0),
       'checkpoint_interval': interval, 'unreadable_checkpoint_picked': unreadable,
+      'resumed_elsewhere_than_newest_checkpoint': mismatched,
       'final_params_equal': same, 'events': events,
   }
   report['ok'] = (reference_rc == 0 and final_rc == 0 and same is True and not unreadable and
-                  report['max_steps_lost'] <= interval)
+                  not mismatched and report['max_steps_lost'] <= interval)
   with open(os.path.join(workdir, 'report.json'), 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=2)
   return report

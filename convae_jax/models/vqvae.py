@@ -33,6 +33,13 @@ class VectorQuantizer(nn.Module):
       embed_sum = self.variable('vq_ema', 'embed_sum', lambda: init(
           self.make_rng('params'), (self.num_codes, self.code_dim)))
       cluster_size = self.variable('vq_ema', 'cluster_size', jnp.ones, (self.num_codes,))
+      # 0 until the first training batch replaces the random codebook with encoder outputs.
+      initialized = self.variable('vq_ema', 'initialized', jnp.zeros, (), jnp.float32)
+      if train and not self.is_initializing():
+        embed_sum.value = jnp.where(initialized.value > 0, embed_sum.value,
+                                    self._sample_rows(z.reshape(-1, self.code_dim)))
+        cluster_size.value = jnp.where(initialized.value > 0, cluster_size.value, 1.0)
+        initialized.value = jnp.ones_like(initialized.value)
       codebook = embed_sum.value / self._smoothed(cluster_size.value)[:, None]
     else:
       codebook = self.param('codebook', init, (self.num_codes, self.code_dim))
@@ -51,6 +58,15 @@ class VectorQuantizer(nn.Module):
                          (1 - decay) * one_hot.T @ jax.lax.stop_gradient(flat))
     straight_through = z + jax.lax.stop_gradient(quantized - z)
     return straight_through, codes.reshape(z.shape[:-1]), quantized
+
+  def _sample_rows(self, vectors: jax.Array) -> jax.Array:
+    """`num_codes` rows of `vectors` (encoder outputs), evenly spread over the batch.
+
+    Initializing the codebook from data, not noise, keeps most codes in use: a random
+    codebook far from the encoder's outputs leaves all but a few codes dead.
+    """
+    rows = jnp.linspace(0, vectors.shape[0] - 1, self.num_codes).astype(jnp.int32)
+    return jax.lax.stop_gradient(vectors[rows])
 
   def _smoothed(self, cluster_size: jax.Array) -> jax.Array:
     """Laplace-smoothed cluster sizes, so a code nobody picks never divides by zero."""
