@@ -38,11 +38,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, wait: bool = False) -> None:
-    """Saves in the background (or before returning, if `wait`); `state` must be host arrays."""
+  def save(self, step: int, state: Any) -> None:
+    """Saves `state` (host arrays) and returns once the checkpoint is complete on disk.
+
+    Waiting (tens of milliseconds for these models) bounds what a kill can lose to the
+    steps since the last save: no step runs while a save is still only in flight.
+    """
     self._manager.save(step, args=ocp.args.StandardSave(state))
-    if wait:
-      self._manager.wait_until_finished()
+    self._manager.wait_until_finished()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores `step` (default: the latest) into the structure and dtypes of `target`."""

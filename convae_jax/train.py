@@ -6,6 +6,7 @@ split, writes metrics and pictures, checkpoints with Orbax and resumes from the 
 readable checkpoint when launched again on the same workdir. Data order and randomness are
 functions of (seed, step), so a resumed run ends bitwise where an unstopped one would.
 """
+import contextlib
 import functools
 import json
 import math
@@ -151,9 +152,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   devices = jax.local_devices()
   model = config_checks.check(config, len(devices) * jax.process_count())
-  lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
-  if lock is None:
-    return _train_locked(config, workdir, model, devices)
+  # Process 0 speaks for the run (the others share its workdir on multi-host setups).
+  lock = (workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else
+          contextlib.nullcontext())
   with lock:
     return _train_locked(config, workdir, model, devices)
 
@@ -269,7 +270,7 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
         if (step % config.eval_every_steps == 0 or is_last) and not stop.requested:
           evaluate(step, state)
         if save_now:
-          checkpointer.save(step, _unreplicate_to_host(state), wait=stop.requested)
+          checkpointer.save(step, _unreplicate_to_host(state))
         if stop.requested:
           raise preemption.Preempted(step, stop.signal_name)
   finally:

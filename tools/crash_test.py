@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-DEFAULT_ARGS = ['--config', 'configs/photos.py', '--config.num_train_steps=2000',
+DEFAULT_ARGS = ['--config', 'configs/photos.py', '--config.num_train_steps=5000',
                 '--config.batch_size=32', '--config.checkpoint_every_steps=50',
                 '--config.eval_every_steps=1000000', '--config.profile_num_steps=0']
 

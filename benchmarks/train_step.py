@@ -1,0 +1,98 @@
+"""Train-step throughput of the real pmapped train step, per model and batch size.
+
+    python benchmarks/train_step.py --models cae,resae --batch_sizes 64,128,256 --output out.json
+
+Random [0, 1] images (the step's cost does not depend on pixel values). For each (model,
+batch): compile time (the first call), then `--windows` timed windows of `--steps` steps after
+`--warmup` steps; reports the median window in images/s. Run it on an otherwise idle machine.
+"""
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import flax.jax_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
+
+from configs import cifar  # pylint: disable=wrong-import-position
+from convae_jax import metrics, models, train  # pylint: disable=wrong-import-position
+
+
+def make_step(variant: str, batch_size: int, devices):
+  """(step function, replicated state, device batch) of the trainer's own train step."""
+  config = cifar.get_config(variant)
+  model = models.create_model(config.model)
+  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+                                   (32, 32, 3))
+  names = train._metric_names(model, (32, 32, 3))  # pylint: disable=protected-access
+  step = jax.pmap(functools.partial(train.train_step, model=model,
+                                    metrics_cls=metrics.train_collection(names)),
+                  axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
+  images = np.random.default_rng(0).uniform(
+      size=(len(devices), batch_size // len(devices), 32, 32, 3)).astype(np.float32)
+  batch = next(flax.jax_utils.prefetch_to_device(iter([images]), 1, devices))
+  return step, flax.jax_utils.replicate(state, devices), batch
+
+
+def time_windows(run_steps, steps: int, windows: int) -> list[float]:
+  """Seconds per window of `steps` calls (results blocked on at the end of each)."""
+  times = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    run_steps(steps)
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: int) -> dict:
+  devices = jax.local_devices()
+  step, state, batch = make_step(variant, batch_size, devices)
+  rng = jax.random.key(1)
+  holder = {'state': state}
+
+  def run_steps(n):
+    metrics_out = None
+    for _ in range(n):
+      holder['state'], metrics_out = step(holder['state'], batch, rng)
+    jax.block_until_ready(metrics_out)
+
+  start = time.perf_counter()
+  run_steps(1)
+  compile_s = time.perf_counter() - start
+  run_steps(warmup)
+  seconds = statistics.median(time_windows(run_steps, steps, windows))
+  return {'model': variant, 'batch_size': batch_size, 'compile_s': round(compile_s, 2),
+          'images_per_sec': round(steps * batch_size / seconds, 1), 'devices': len(devices)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default=','.join(cifar.VARIANTS))
+  parser.add_argument('--batch_sizes', default='64,128,256')
+  parser.add_argument('--steps', type=int, default=30)
+  parser.add_argument('--windows', type=int, default=5)
+  parser.add_argument('--warmup', type=int, default=10)
+  parser.add_argument('--output', default='train_step.json')
+  args = parser.parse_args()
+  results = []
+  print(f'{"model":>10} {"batch":>6} {"compile s":>10} {"images/s":>10}')
+  for variant in args.models.split(','):
+    for batch_size in map(int, args.batch_sizes.split(',')):
+      r = benchmark(variant, batch_size, args.steps, args.windows, args.warmup)
+      results.append(r)
+      print(f'{variant:>10} {batch_size:>6} {r["compile_s"]:>10} {r["images_per_sec"]:>10}',
+            flush=True)
+  env = {k: os.environ.get(k) for k in ('XLA_FLAGS', 'MALLOC_ARENA_MAX', 'MALLOC_TOP_PAD_')}
+  with open(args.output, 'w', encoding='utf-8') as f:
+    json.dump({'results': results, 'jax': jax.__version__, 'env': env}, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
