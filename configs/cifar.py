@@ -4,7 +4,8 @@
     python launch.py --config configs/cifar.py:vae --workdir /tmp/vae --config.model.beta=0.5
 
 Variants (the string after ':'): cae (the seed, default), resae (deeper residual AE, same
-8x8x32 latent), vae, vqvae, denoising (the seed trained on noisy inputs).
+8x8x32 latent), vae, vqvae, denoising (the seed trained on noisy inputs), denoising-resae (resae on noisy
+inputs).
 """
 import ml_collections
 
@@ -25,14 +26,20 @@ def _model(variant: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         'name': 'vqvae', 'features': (16, 32), 'code_dim': 32, 'num_codes': 512,
         'commitment_cost': 0.25, 'use_ema': True, 'ema_decay': 0.99})
-  if variant == 'denoising':
+  if variant == 'denoising' or variant.startswith('denoising-'):
+    # 'denoising-resae' wraps resae, with resae's settings under model.base.
+    base = variant.partition('-')[2] or 'cae'
+    if base not in DETERMINISTIC:
+      raise ValueError(f'configs/cifar.py: cannot wrap {base!r} in denoising; use one of: '
+                       + ', '.join(f'denoising-{name}' for name in DETERMINISTIC))
     return ml_collections.ConfigDict({
-        'name': 'denoising', 'base': _model('cae'), 'noise': 'gaussian', 'noise_std': 0.1,
+        'name': 'denoising', 'base': _model(base), 'noise': 'gaussian', 'noise_std': 0.1,
         'mask_prob': 0.25})
-  raise ValueError(f'unknown variant {variant!r} for configs/cifar.py; known: {", ".join(VARIANTS)}')
+  raise ValueError(f'configs/cifar.py: unknown variant {variant!r}; known: {", ".join(VARIANTS)}')
 
 
-VARIANTS = ('cae', 'resae', 'vae', 'vqvae', 'denoising')
+DETERMINISTIC = ('cae', 'resae')
+VARIANTS = ('cae', 'resae', 'vae', 'vqvae', 'denoising', 'denoising-resae')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

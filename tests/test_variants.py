@@ -12,13 +12,16 @@ from conftest import tiny
 # What each variant adds to the generic eval/{loss,mse,psnr,ssim} and reconstruction grid.
 EXTRA_METRICS = {'vae': ('bpd', 'nelbo', 'kl', 'loss_nll', 'loss_kl'),
                  'vqvae': ('perplexity', 'unused_codes', 'loss_commitment')}
-EXTRA_PICTURES = {'vae': ('prior_samples', 'interpolation'), 'vqvae': ('code_usage',)}
+EXTRA_PICTURES = {'vae': ('prior_samples', 'interpolation'), 'vqvae': ('code_usage',),
+                  'denoising': ('corrupted_and_denoised',),
+                  'denoising-resae': ('corrupted_and_denoised',)}
 
 
 def test_every_builtin_model_has_a_config_variant():
   builtin = {name for name in models.known_models()
              if models.get_model_class(name).__module__.startswith('convae_jax.')}
-  assert builtin == set(cifar.VARIANTS)
+  assert builtin <= set(cifar.VARIANTS)
+  assert builtin == {cifar.get_config(variant).model.name for variant in cifar.VARIANTS}
 
 
 @pytest.mark.parametrize('variant', cifar.VARIANTS)
