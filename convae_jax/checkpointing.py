@@ -3,6 +3,12 @@
 The trainer hands over one host copy of the (replicated) state: Orbax cannot save the
 host-local arrays that pmap produces, and one copy is all a restore needs.
 
+With several processes (a shared workdir), every process calls save with its identical
+host copy: Orbax's CheckpointManager holds barriers across processes around each save and
+writes replicated numpy arrays from process 0 only (orbax.checkpoint NumpyHandler). A
+checkpoint is therefore plain arrays with no device layout, and restores on any number of
+processes or devices: every process reads it whole.
+
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 process killed mid-save never leaves a checkpoint that looks finished. A finished one that
 still cannot be read (a damaged disk, a file truncated by hand) is moved aside to
@@ -19,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from convae_jax import distributed
 
 
 class IncompatibleCheckpointError(RuntimeError):
@@ -59,9 +67,11 @@ class Checkpointer:
     """The newest checkpoint that reads back, or None when there is none."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        saved = self._manager.item_metadata(step).tree
-        self._check_compatible(step, saved, target)
-        return self.restore(target, step)
+        # Processes agree: one that cannot read it makes it unreadable for all.
+        with distributed.same_outcome(IncompatibleCheckpointError):
+          saved = self._manager.item_metadata(step).tree
+          self._check_compatible(step, saved, target)
+          return self.restore(target, step)
       except IncompatibleCheckpointError:
         raise
       except Exception as e:  # pylint: disable=broad-except  # Any read failure means the same.
@@ -84,10 +94,13 @@ class Checkpointer:
           'wrote it')
 
   def _move_aside(self, step: int) -> str:
-    aside_root = os.path.join(self.workdir, 'checkpoints_unreadable')
-    os.makedirs(aside_root, exist_ok=True)
-    aside = os.path.join(aside_root, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
-    shutil.move(os.path.join(self.directory, str(step)), aside)
+    """Process 0 moves the checkpoint; all processes then forget it."""
+    aside = os.path.join(self.workdir, 'checkpoints_unreadable')
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      aside = os.path.join(aside, f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+      shutil.move(os.path.join(self.directory, str(step)), aside)
+    distributed.barrier(f'checkpoint {step} moved aside')
     self._manager.reload()
     return aside
 

@@ -57,8 +57,10 @@ def _check_dataset(name: str) -> None:
                       '(known: cifar10, photo_patches (offline), and tfds.list_builders())')
 
 
-def check(config: ml_collections.ConfigDict, num_devices: int) -> models.Autoencoder:
-  """Validates `config` for a run on `num_devices` devices; returns the model it describes."""
+def check(config: ml_collections.ConfigDict, num_devices: int,
+          num_processes: int = 1) -> models.Autoencoder:
+  """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes);
+  returns the model it describes."""
   _check_keys_and_types(config)
   try:
     model = models.create_model(config.model)
@@ -73,10 +75,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> models.Autoenc
                       f'config.num_epochs={config.num_epochs}: set one of them positive')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate={config.learning_rate}: must be positive')
+  # Global batches: every device of every process takes an equal share.
+  where = f' of {num_processes} processes' if num_processes > 1 else ''
   for key in ('batch_size', 'eval_batch_size'):
     if config[key] % num_devices:
-      raise ConfigError(f'config.{key}={config[key]} does not divide over {num_devices} devices; '
-                        f'use a multiple of {num_devices}')
+      raise ConfigError(f'config.{key}={config[key]} does not divide over {num_devices} '
+                        f'devices{where}; use a multiple of {num_devices}')
   if config.optimizer not in OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
                       f'{", ".join(OPTIMIZERS)}')

@@ -4,6 +4,11 @@ The datasets here are small (CIFAR-10 is 150 MB of uint8), so each split is deco
 into host memory. Training order is a function of (seed, step) alone: each epoch is a
 stateless shuffle of the indices keyed by (seed, epoch), so a run resumed at step N reads
 exactly the batches an unstopped run would, without replaying the stream.
+
+With several processes, each one holds the split and walks the same global order, but
+gathers, converts and feeds to its devices only its own rows of each global batch (and of
+each eval batch). So the global batches are the same for any number of processes: a run
+resumes on another number of processes and reaches the same parameters.
 """
 import dataclasses
 import os
@@ -73,8 +78,20 @@ def _is_mocked(builder: tfds.core.DatasetBuilder) -> bool:
   return type(builder).download_and_prepare.__name__ == 'mock_download_and_prepare'
 
 
+def prepare(dataset: str, data_dir: str | None) -> None:
+  """Builds (downloads) the dataset in data_dir unless it is there already."""
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  if not builder.is_prepared():
+    _prepare(builder)
+
+
 def load_split(dataset: str, split: str, data_dir: str | None) -> Split:
-  """Reads a whole TFDS split into memory as uint8 images."""
+  """Reads a whole TFDS split into memory as uint8 images (preparing the dataset if needed).
+
+  Every process of a multi-process run reads the whole split: it is small, and the global
+  order of the examples (hence each process's rows) then does not depend on how many
+  processes there are.
+  """
   builder = tfds.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
     _prepare(builder)

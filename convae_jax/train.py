@@ -5,6 +5,9 @@ devices (gradients and metrics averaged with `lax.pmean`), evaluates on the whol
 split, writes metrics and pictures, checkpoints with Orbax and resumes from the newest
 readable checkpoint when launched again on the same workdir. Data order and randomness are
 functions of (seed, step), so a resumed run ends bitwise where an unstopped one would.
+Multi-process runs (see distributed.py) are the same program in every process: pmap's
+collectives span all processes' devices, each process feeds its slice of each global batch,
+and process 0 alone writes metrics, pictures and the config.
 """
 import contextlib
 import functools
@@ -24,8 +27,8 @@ from absl import logging
 from clu import periodic_actions
 from flax.training import train_state
 
-from convae_jax import (checkpointing, config_checks, image_grid, input_pipeline, metrics,
-                        preemption, workdir as workdir_lib, writers)
+from convae_jax import (checkpointing, config_checks, distributed, image_grid, input_pipeline,
+                        metrics, preemption, workdir as workdir_lib, writers)
 
 
 class TrainState(train_state.TrainState):
@@ -114,6 +117,29 @@ def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: j
   return metrics_cls.gather_from_model_output(mask=mask, **values)
 
 
+def make_p_eval_step(model, input_range: tuple[float, float], model_names: list[str]):
+  """`eval_step` pmapped over the local devices: averages of mse, psnr, ssim, loss, model_names."""
+  metrics_cls = metrics.averages_collection(['loss', 'mse', 'psnr', 'ssim'] + list(model_names))
+  return jax.pmap(functools.partial(eval_step, model=model, value_range=input_range,
+                                    metrics_cls=metrics_cls),
+                  axis_name='batch', in_axes=(0, 0, 0, None))
+
+
+def evaluate_split(p_eval_step, state: TrainState, split: input_pipeline.Split, *,
+                   eval_batch_size: int, input_range: tuple[float, float], devices,
+                   base_rng: jax.Array) -> dict[str, float]:
+  """Metrics of the replicated `state` over the whole `split`, each image counted once."""
+  batches = input_pipeline.eval_batches(
+      split, global_batch_size=eval_batch_size, input_range=input_range,
+      num_local_devices=len(devices), process_index=jax.process_index(),
+      process_count=jax.process_count())
+  totals = None
+  for images, mask in flax.jax_utils.prefetch_to_device(batches, 2, devices):
+    update = p_eval_step(state, images, mask, base_rng)
+    totals = update if totals is None else totals.merge(update)
+  return {k: float(v) for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
+
+
 def _metric_names(model, image_shape) -> tuple[list[str], list[str]]:
   """Names of the model's loss terms and metrics, read off its output structure."""
   rngs = lambda: {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
@@ -151,16 +177,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   when SIGTERM/SIGINT arrived.
   """
   devices = jax.local_devices()
-  model = config_checks.check(config, len(devices) * jax.process_count())
-  # Process 0 speaks for the run (the others share its workdir on multi-host setups).
-  lock = (workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else
-          contextlib.nullcontext())
-  with lock:
+  model = config_checks.check(config, jax.device_count(), jax.process_count())
+  with contextlib.ExitStack() as stack:
+    # Process 0 holds the lock for the run (the others share its workdir); if it cannot,
+    # every process stops.
+    with distributed.same_outcome(workdir_lib.WorkdirBusyError):
+      if jax.process_index() == 0:
+        stack.enter_context(workdir_lib.WorkdirLock(workdir))
     return _train_locked(config, workdir, model, devices)
 
 
 def _train_locked(config, workdir, model, devices) -> TrainState:
   input_range = tuple(config.input_range)
+  # Process 0 prepares a missing dataset first, so processes never build it side by side.
+  distributed.process_0_first(lambda: input_pipeline.prepare(config.dataset, config.data_dir),
+                              input_pipeline.DatasetUnavailableError)
   train_split = input_pipeline.load_split(config.dataset, config.train_split, config.data_dir)
   eval_split = input_pipeline.load_split(config.dataset, config.eval_split, config.data_dir)
   image_shape = train_split.images.shape[1:]
@@ -178,7 +209,8 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
     state = restored
     logging.info('Resumed from %s at step %d', checkpointer.directory, int(state.step))
   start_step = int(state.step)
-  workdir_lib.save_config(config, workdir, start_step)
+  if jax.process_index() == 0:
+    workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
   if start_step >= num_train_steps:
     logging.info('Already trained to step %d of %d in %s; nothing to do. Last metrics: %s',
@@ -189,15 +221,11 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
 
   model_names = _metric_names(model, image_shape)
   train_metrics_cls = metrics.train_collection(model_names)
-  eval_metrics_cls = metrics.averages_collection(['loss', 'mse', 'psnr', 'ssim'] + model_names)
   p_train_step = jax.pmap(
       functools.partial(train_step, model=model, metrics_cls=train_metrics_cls,
                         skip_non_finite=config.on_non_finite == 'skip'),
       axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
-  p_eval_step = jax.pmap(
-      functools.partial(eval_step, model=model, value_range=input_range,
-                        metrics_cls=eval_metrics_cls),
-      axis_name='batch', in_axes=(0, 0, 0, None))
+  p_eval_step = make_p_eval_step(model, input_range, model_names)
   pictures = jax.jit(lambda variables, x: model.apply(
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)
                           for i, s in enumerate(model.rng_streams)},
@@ -207,17 +235,12 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
       replace=False))
 
   def evaluate(step: int, state) -> None:
-    batches = input_pipeline.eval_batches(
-        eval_split, global_batch_size=config.eval_batch_size, input_range=input_range,
-        num_local_devices=len(devices), process_index=jax.process_index(),
-        process_count=jax.process_count())
-    totals = None
-    for images, mask in flax.jax_utils.prefetch_to_device(batches, 2, devices):
-      update = p_eval_step(state, images, mask, step_rng)
-      totals = update if totals is None else totals.merge(update)
-    scalars = {f'eval/{k}': float(v)
-               for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
+    scalars = {f'eval/{k}': v for k, v in evaluate_split(
+        p_eval_step, state, eval_split, eval_batch_size=config.eval_batch_size,
+        input_range=input_range, devices=devices, base_rng=step_rng).items()}
     writer.write_scalars(step, scalars)
+    if jax.process_index() > 0:
+      return
     # Pictures: fixed test images above their reconstructions, plus the model's own.
     host_state = _unreplicate_to_host(state)
     originals = input_pipeline.to_model_range(
@@ -228,9 +251,8 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
         metrics.to_unit_range(originals, input_range), metrics.to_unit_range(recons, input_range))}
     grids.update({name: image_grid.tile(images) for name, images in extra.items()})
     writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
-    if jax.process_index() == 0:
-      for name, grid in grids.items():
-        image_grid.save_png(grid, os.path.join(workdir, 'images', f'{name}_{step}.png'))
+    for name, grid in grids.items():
+      image_grid.save_png(grid, os.path.join(workdir, 'images', f'{name}_{step}.png'))
 
   train_iter = flax.jax_utils.prefetch_to_device(input_pipeline.train_batches(
       train_split, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
@@ -259,7 +281,8 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
         for hook in hooks:
           hook(step)
         is_last = step == num_train_steps
-        save_now = step % config.checkpoint_every_steps == 0 or is_last or stop.requested
+        stopping = _stop_agreed(stop, step, config, is_last)
+        save_now = step % config.checkpoint_every_steps == 0 or is_last or stopping
         # Logging also checks the values are finite, so it runs before every save.
         if step % config.log_every_steps == 0 or save_now:
           scalars = flax.jax_utils.unreplicate(train_metrics).compute()
@@ -267,17 +290,27 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
           writer.write_scalars(step, {f'train/{k}': float(v) for k, v in scalars.items()
                                       if k != 'first_non_finite_step'})
           train_metrics, last_logged = None, step
-        if (step % config.eval_every_steps == 0 or is_last) and not stop.requested:
+        if (step % config.eval_every_steps == 0 or is_last) and not stopping:
           evaluate(step, state)
         if save_now:
           checkpointer.save(step, _unreplicate_to_host(state))
-        if stop.requested:
-          raise preemption.Preempted(step, stop.signal_name)
+        if stopping:
+          raise preemption.Preempted(step, stop.signal_name or 'a signal to another process')
   finally:
     checkpointer.close()
     writer.flush()
     writer.close()
   return _unreplicate_to_host(state)
+
+
+def _stop_agreed(stop: preemption.StopRequest, step: int, config, is_last: bool) -> bool:
+  """Whether to stop after this step on a signal. All processes must stop at the same step,
+  so with several they compare at log and save steps only, where the host waits anyway."""
+  if jax.process_count() == 1:
+    return stop.requested
+  if step % config.log_every_steps and step % config.checkpoint_every_steps and not is_last:
+    return False
+  return distributed.any_process(stop.requested)
 
 
 def _check_finite(scalars: dict[str, Any], last_logged: int, step: int, on_non_finite: str,

@@ -11,7 +11,15 @@ class WorkdirBusyError(RuntimeError):
 
 
 class WorkdirLock:
-  """An exclusive lock on WORKDIR/.lock, released when the process ends, even by kill -9."""
+  """An exclusive lock on WORKDIR/.lock, released when the process ends, even by kill -9.
+
+  A multi-process run takes it in process 0 only: the run's other processes share the
+  workdir and must not be refused. On a shared filesystem it also refuses a second run
+  started from another host where flock works across hosts (Linux NFS clients map it to
+  NFS locks unless mounted with local_lock; Lustre needs its `flock` mount option). Where
+  flock is not supported at all (some FUSE mounts), the run goes on without the lock and
+  says so.
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, '.lock')
@@ -29,12 +37,20 @@ class WorkdirLock:
       raise WorkdirBusyError(
           f'{os.path.dirname(self.path)} is in use by another run (pid {owner}); wait for it '
           'to finish or choose another --workdir') from None
+    except OSError as e:  # ENOLCK, EOPNOTSUPP, ...: the filesystem cannot lock.
+      logging.warning('Cannot lock %s (%s); training without the one-run-per-workdir guard',
+                      self.path, e)
+      self._file.close()
+      self._file = None
+      return self
     self._file.truncate(0)
     self._file.write(str(os.getpid()))
     self._file.flush()
     return self
 
   def __exit__(self, *exc):
+    if self._file is None:
+      return False
     fcntl.flock(self._file, fcntl.LOCK_UN)
     self._file.close()
     return False

@@ -127,6 +127,10 @@ def test_vqvae_metrics_and_histogram():
   histogram = model.apply(variables, images, method=model.pictures)['code_usage']
   assert histogram.shape == (1, 96, 8, 3)
   assert float(histogram.min()) >= 0.0 and float(histogram.max()) <= 1.0
+  # latents() is what decode() maps to the evaluation reconstruction (inference relies on it).
+  latents = model.apply(variables, images, method=model.latents)
+  decoded = model.apply(variables, latents, False, method=model.decode)
+  np.testing.assert_allclose(decoded, output.reconstruction, atol=1e-6)
 
 
 @pytest.mark.parametrize('settings,message', [

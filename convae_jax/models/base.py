@@ -11,10 +11,13 @@ A variant is a Flax linen module that subclasses `Autoencoder` and is registered
 Per-example values let evaluation mask the padding of its last batch. A variant may also
 override `pictures(images)` to add images to every evaluation (prior samples, interpolations,
 histograms), and declare class attributes: `output_range`, `num_downsamplings`,
-`rng_streams` (PRNG streams it draws from, e.g. 'sample') and `deterministic`. Variables
-outside 'params' (batch statistics, EMA codebooks, counters) are updated in training by
-declaring them with `self.variable(collection, ...)`; the trainer makes every such collection
-mutable, averages it across devices and checkpoints it.
+`rng_streams` (PRNG streams it draws from, e.g. 'sample'), `deterministic` and `can_sample`
+(it implements `sample` and `interpolate`; `convae_jax.inference` offers them only then).
+`latents(images)` is the latent that `decode` maps to the evaluation reconstruction
+(`encode(images, train=False)` unless overridden); `convae_jax.inference` encodes with it.
+Variables outside 'params' (batch statistics, EMA codebooks, counters) are updated in
+training by declaring them with `self.variable(collection, ...)`; the trainer makes every such
+collection mutable, averages it across devices and checkpoints it.
 """
 from typing import ClassVar
 
@@ -53,12 +56,36 @@ class Autoencoder(nn.Module):
   # False when the output depends on random draws (a VAE): such models can't be wrapped by
   # variants that need a deterministic map (denoising).
   deterministic: ClassVar[bool] = True
+  # True when the model implements `sample` and `interpolate` (a VAE): generation from a prior.
+  can_sample: ClassVar[bool] = False
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
     raise NotImplementedError
 
   def decode(self, latents: jax.Array, train: bool) -> jax.Array:
     raise NotImplementedError
+
+  def latents(self, images: jax.Array) -> jax.Array:
+    """The latent that `decode(latents, train=False)` maps to the evaluation reconstruction.
+
+    `encode` in evaluation mode by default; override when the decoder takes something else
+    (e.g. quantized codebook vectors). `convae_jax.inference` encodes and decodes with it.
+    """
+    return self.encode(images, train=False)
+
+  def sample(self, num: int, height: int, width: int) -> jax.Array:
+    """`num` images [num, height, width, C] generated from the prior, in `output_range`.
+
+    Only for models with `can_sample = True`; draws from the model's `rng_streams`.
+    """
+    raise NotImplementedError(f'{type(self).__name__} cannot sample (can_sample = False)')
+
+  def interpolate(self, start: jax.Array, end: jax.Array, steps: int = 8) -> jax.Array:
+    """For each pair of images [N, H, W, C], `steps` decoded images from start to end.
+
+    Returns [N * steps, H, W, C] in `output_range`. Only for models with `can_sample = True`.
+    """
+    raise NotImplementedError(f'{type(self).__name__} cannot interpolate (can_sample = False)')
 
   def pictures(self, images: jax.Array) -> dict[str, jax.Array]:
     """Extra pictures for each evaluation, name -> images [N, H, W, C] in [0, 1].

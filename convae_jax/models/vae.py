@@ -58,6 +58,7 @@ class VariationalAutoencoder(base.Autoencoder):
   output_range = (0.0, 1.0)
   rng_streams = ('sample',)
   deterministic = False
+  can_sample = True  # sample() from the N(0, I) prior, interpolate() between posterior means.
 
   def __post_init__(self):
     if self.beta < 0:

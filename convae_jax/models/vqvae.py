@@ -126,6 +126,10 @@ class VQVAE(base.Autoencoder):
     del train
     return self.to_code(self.encoder(images))
 
+  def latents(self, images):
+    """The quantized latent (codebook vectors): what the decoder sees in evaluation."""
+    return self.quantizer(self.encode(images, False), False)[2]
+
   def quantize(self, latents, train=False):
     return self.quantizer(latents, train)
 

@@ -1,0 +1,288 @@
+"""Use a trained model without writing code: `python -m convae_jax.cli MODE --workdir W ...`.
+
+Modes (each loads WORKDIR's newest checkpoint, or --step N):
+  evaluate     metrics of a TFDS split (mse, psnr, ssim, the model's own): a table and a JSON
+               (--output, default WORKDIR/evaluation_SPLIT_STEP.json)
+  reconstruct  PNG/JPEG files or folders of any size -> --output DIR: NAME_original.png,
+               NAME_reconstruction.png, grid.png (originals beside reconstructions), psnr.json;
+               prints each image's PSNR
+  encode       images -> --output FILE.npz: names, sizes and one latent per image
+  decode       --latents FILE.npz -> --output DIR/NAME.png (the same images reconstruct writes)
+  sample       --num images from the prior -> --output DIR (models that can sample: the VAE)
+  interpolate  two images of the same size, --steps images between them -> --output DIR
+
+An unreadable or empty image file is named and skipped; the rest go on. An output folder that
+is (or is inside) a folder of the inputs is refused, so no input is ever overwritten.
+Exit codes: 0 done (skipped files are named on stderr); 2 refused: one line `error: ...`.
+"""
+import argparse
+import importlib
+import json
+import os
+import re
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads TFDS here.
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from convae_jax import image_grid, image_io  # pylint: disable=g-import-not-at-top  (light)
+
+EXIT_REFUSED = 2
+MAX_GRID_PAIRS = 64
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse, but a bad command line is one line `error: ...` and exit code 2."""
+
+  def error(self, message):
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_REFUSED)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument('--workdir', required=True, help='The training run\'s workdir.')
+  common.add_argument('--step', type=int, default=None,
+                      help='Checkpoint step to load (default: the newest).')
+  common.add_argument('--module', action='append', default=[],
+                      help='A module to import first, e.g. one that registers your own variant '
+                           '(repeatable).')
+  inputs = argparse.ArgumentParser(add_help=False)
+  inputs.add_argument('inputs', nargs='+', help='PNG/JPEG files and folders of them.')
+  inputs.add_argument('--recursive', action='store_true', help='Also read subfolders.')
+
+  parser = _Parser(prog='python -m convae_jax.cli', description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  modes = parser.add_subparsers(dest='mode', required=True, metavar='MODE')
+  p = modes.add_parser('evaluate', parents=[common], help='Metrics on a TFDS split.')
+  p.add_argument('--split', default=None, help='TFDS split (default: config.eval_split).')
+  p.add_argument('--dataset', default=None, help='TFDS name (default: config.dataset).')
+  p.add_argument('--data_dir', default=None, help='TFDS data dir (default: config.data_dir).')
+  p.add_argument('--batch_size', type=int, default=None,
+                 help='Eval batch (default: config.eval_batch_size).')
+  p.add_argument('--output', default=None,
+                 help='JSON file (default: WORKDIR/evaluation_SPLIT_STEP.json).')
+  p = modes.add_parser('reconstruct', parents=[common, inputs], help='Reconstruct images.')
+  p.add_argument('--output', required=True, help='Folder for the outputs.')
+  p = modes.add_parser('encode', parents=[common, inputs], help='Images -> latents (.npz).')
+  p.add_argument('--output', required=True, help='The .npz file to write.')
+  p = modes.add_parser('decode', parents=[common], help='Latents (.npz) -> images.')
+  p.add_argument('--latents', required=True, help='An .npz written by encode.')
+  p.add_argument('--output', required=True, help='Folder for the images.')
+  p = modes.add_parser('sample', parents=[common], help='Images from the prior (VAE).')
+  p.add_argument('--num', type=int, default=16)
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--height', type=int, default=None, help='Default: the training size.')
+  p.add_argument('--width', type=int, default=None, help='Default: the training size.')
+  p.add_argument('--output', required=True, help='Folder for the samples.')
+  p = modes.add_parser('interpolate', parents=[common], help='Between two images (VAE).')
+  p.add_argument('inputs', nargs=2, metavar='IMAGE', help='Two images of the same size.')
+  p.add_argument('--steps', type=int, default=8)
+  p.add_argument('--output', required=True, help='Folder for the images.')
+  return parser
+
+
+def _note(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _psnr(reconstruction: np.ndarray, original: np.ndarray) -> tuple[float, float]:
+  """(mse, psnr) on [0, 1] pixels: the definitions of eval/mse and eval/psnr."""
+  mse = float(np.mean(np.square(reconstruction.astype(np.float64) - original)))
+  return mse, float(-10.0 * np.log10(max(mse, 1e-10)))
+
+
+def _write_json(path: str, value) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2)
+    f.write('\n')
+
+
+def _output_dir(path: str, inputs) -> str:
+  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  try:
+    image_io.check_output_dir(path, inputs)
+  except ValueError as e:
+    raise inference.UsageError(str(e)) from None
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def _no_readable_image(inputs) -> Exception:
+  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  return inference.UsageError(f'no readable image in {" ".join(map(str, inputs))}; pass PNG or '
+                              'JPEG files or folders holding them')
+
+
+def evaluate(args, trained) -> None:
+  results = trained.evaluate(args.split, dataset=args.dataset, data_dir=args.data_dir,
+                             batch_size=args.batch_size)
+  split = args.split or trained.config.eval_split
+  dataset = args.dataset or trained.config.dataset
+  num_images = results.pop('num_images')
+  print(f'{dataset}:{split}, {num_images} images, model {trained.name!r} at step '
+        f'{trained.step}')
+  print(f'{"metric":<16} {"value":>12}')
+  for name in ['mse', 'psnr', 'ssim'] + sorted(set(results) - {'mse', 'psnr', 'ssim'}):
+    print(f'{name:<16} {results[name]:>12.6g}')
+  path = args.output or os.path.join(
+      trained.workdir, f'evaluation_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}_{trained.step}.json')
+  _write_json(path, {'workdir': trained.workdir, 'step': trained.step, 'model': trained.name,
+                     'dataset': dataset, 'split': split, 'num_images': num_images,
+                     'metrics': results})
+  print(f'wrote {path}')
+
+
+def reconstruct(args, trained) -> None:
+  created = not os.path.isdir(args.output)
+  out = _output_dir(args.output, args.inputs)
+  rows, thumbs = [], []
+  print(f'{"image":<32} {"size":>11} {"PSNR (dB)":>10}', flush=True)
+  # One image at a time: a folder of large photographs never sits in memory at once.
+  for image in image_io.iter_images(args.inputs, channels=trained.channels,
+                                    recursive=args.recursive, say=_note):
+    original = image.pixels.astype(np.float32) / 255.0
+    reconstruction = trained.reconstruct(original)
+    recon_pixels = image_io.to_uint8(reconstruction)
+    image_io.save_png(image.pixels, os.path.join(out, f'{image.name}_original.png'))
+    image_io.save_png(recon_pixels, os.path.join(out, f'{image.name}_reconstruction.png'))
+    mse, psnr = _psnr(reconstruction, original)
+    h, w = image.pixels.shape[:2]
+    rows.append({'name': image.name, 'source': os.path.abspath(image.path), 'height': h,
+                 'width': w, 'mse': mse, 'psnr': psnr})
+    print(f'{image.name:<32} {f"{h}x{w}":>11} {psnr:>10.2f}', flush=True)
+    if len(thumbs) < MAX_GRID_PAIRS:
+      thumbs.append((image_io.thumbnail(image.pixels), image_io.thumbnail(recon_pixels)))
+  if not rows:
+    if created:
+      os.rmdir(out)
+    raise _no_readable_image(args.inputs)
+  mean_psnr = float(np.mean([r['psnr'] for r in rows]))
+  print(f'{f"mean over {len(rows)} images":<32} {"":>11} {mean_psnr:>10.2f}')
+  image_io.save_png(image_io.pairs_grid(thumbs), os.path.join(out, 'grid.png'))
+  _write_json(os.path.join(out, 'psnr.json'),
+              {'workdir': trained.workdir, 'step': trained.step, 'model': trained.name,
+               'mean_psnr': mean_psnr, 'images': rows})
+  shown = '' if len(rows) <= MAX_GRID_PAIRS else f' (grid.png shows the first {MAX_GRID_PAIRS})'
+  print(f'wrote {len(rows)} reconstructions, grid.png and psnr.json to {out}{shown}')
+
+
+def encode(args, trained) -> None:
+  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  path = args.output
+  if not path.endswith('.npz'):
+    raise inference.UsageError(f'--output {path}: name the latents file FILE.npz')
+  if os.path.isdir(path):
+    raise inference.UsageError(f'--output {path} is a folder; name a FILE.npz')
+  if os.path.exists(path) and any(os.path.exists(e) and os.path.samefile(path, e)
+                                  for e in args.inputs):
+    raise inference.UsageError(f'--output {path} is one of the inputs; choose another file')
+  names, sources, sizes, latents = [], [], [], {}
+  for image in image_io.iter_images(args.inputs, channels=trained.channels,
+                                    recursive=args.recursive, say=_note):
+    latents[f'latent_{len(names)}'] = trained.encode(image.pixels.astype(np.float32) / 255.0)
+    names.append(image.name)
+    sources.append(os.path.abspath(image.path))
+    sizes.append(image.pixels.shape[:2])
+  if not names:
+    raise _no_readable_image(args.inputs)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez(path, names=np.array(names), sources=np.array(sources),
+           sizes=np.array(sizes, np.int64).reshape(-1, 2), model=np.array(trained.name),
+           step=np.array(trained.step), workdir=np.array(trained.workdir), **latents)
+  shapes = sorted({'x'.join(map(str, a.shape)) for a in latents.values()})
+  print(f'wrote {len(names)} latents (shapes {", ".join(shapes)}) to {path}')
+
+
+def decode(args, trained) -> None:
+  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  try:
+    with np.load(args.latents, allow_pickle=False) as data:
+      contents = {key: data[key] for key in data.files}
+  except Exception as e:  # pylint: disable=broad-except  # Missing, not an npz, truncated.
+    raise inference.UsageError(f'--latents {args.latents} cannot be read ({type(e).__name__}: '
+                               f'{(str(e).splitlines() or [""])[0][:200]}); pass an .npz '
+                               'written by encode') from None
+  missing = [k for k in ('names', 'sizes') if k not in contents]
+  names = [str(n) for n in contents.get('names', [])]
+  missing += [f'latent_{i}' for i in range(len(names)) if f'latent_{i}' not in contents]
+  if missing:
+    raise inference.UsageError(f'--latents {args.latents} has no {", ".join(missing[:3])}; '
+                               'pass an .npz written by encode')
+  sources = [str(s) for s in contents.get('sources', [])]
+  out = _output_dir(args.output, [s for s in sources if os.path.exists(s)])
+  written_by = (str(contents.get('model', '?')), int(contents.get('step', -1)))
+  if written_by != (trained.name, trained.step):
+    _note(f'note: {args.latents} was written by model {written_by[0]!r} at step '
+          f'{written_by[1]}; decoding with {trained.name!r} at step {trained.step}')
+  for i, name in enumerate(names):
+    image = trained.decode(contents[f'latent_{i}'], size=contents['sizes'][i])
+    image_io.save_png(image, os.path.join(out, f'{name}.png'))
+  print(f'wrote {len(names)} images to {out}')
+
+
+def sample(args, trained) -> None:
+  samples = trained.sample(args.num, args.seed, args.height, args.width)
+  out = _output_dir(args.output, [])
+  for i, image in enumerate(samples):
+    image_io.save_png(image, os.path.join(out, f'sample_{i:03d}.png'))
+  image_io.save_png(image_grid.tile(samples), os.path.join(out, 'grid.png'))
+  print(f'wrote {len(samples)} samples of {samples.shape[1]}x{samples.shape[2]} and grid.png '
+        f'to {out}')
+
+
+def interpolate(args, trained) -> None:
+  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  out_dir = args.output
+  trained.require_can_sample('interpolate')  # Before reading anything.
+  images = image_io.load_images(args.inputs, channels=trained.channels, say=_note)
+  if len(images) != 2:
+    raise inference.UsageError(f'interpolate needs two readable images; got {len(images)} of '
+                               f'{" ".join(args.inputs)}')
+  if images[0].pixels.shape != images[1].pixels.shape:
+    raise inference.UsageError(
+        f'interpolate needs two images of the same size; {images[0].path} is '
+        f'{"x".join(map(str, images[0].pixels.shape[:2]))} and {images[1].path} is '
+        f'{"x".join(map(str, images[1].pixels.shape[:2]))}')
+  path = trained.interpolate(images[0].pixels, images[1].pixels, args.steps)
+  out = _output_dir(out_dir, args.inputs)
+  for i, image in enumerate(path):
+    image_io.save_png(image, os.path.join(out, f'interpolation_{i:02d}.png'))
+  image_io.save_png(image_grid.tile(path, columns=len(path)), os.path.join(out, 'grid.png'))
+  print(f'wrote {len(path)} images from {images[0].name} to {images[1].name} and grid.png '
+        f'to {out}')
+
+
+MODES = {'evaluate': evaluate, 'reconstruct': reconstruct, 'encode': encode, 'decode': decode,
+         'sample': sample, 'interpolate': interpolate}
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  # Imported after parsing so that --help stays fast.
+  # pylint: disable=g-import-not-at-top
+  from convae_jax import inference, input_pipeline
+  try:
+    input_pipeline.hide_accelerators_from_tensorflow()
+  except RuntimeError:  # Called in a process whose TensorFlow already started: leave it.
+    pass
+  try:
+    if args.mode in ('reconstruct', 'interpolate'):  # Refuse a bad --output before loading.
+      image_io.check_output_dir(args.output, args.inputs)
+    for module in args.module:
+      try:
+        importlib.import_module(module)
+      except ImportError as e:
+        raise inference.UsageError(f'--module {module}: {e}') from None
+    trained = inference.load(args.workdir, args.step)
+    MODES[args.mode](args, trained)
+  except (ValueError, input_pipeline.DatasetUnavailableError) as e:  # UsageError among them.
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
+    return EXIT_REFUSED
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

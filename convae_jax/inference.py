@@ -1,0 +1,324 @@
+"""Use a trained model from Python: load it from its workdir, then reconstruct, encode, decode,
+sample, interpolate or evaluate.
+
+    from convae_jax import inference
+    model = inference.load('/tmp/cae')              # newest checkpoint; step=N for another
+    recon = model.reconstruct(images)               # float [N, H, W, C] or [H, W, C] in [0, 1]
+    z = model.encode(images); same = model.decode(z, size=images.shape[-3:-1])
+    model.evaluate('test')                          # {'mse': ..., 'psnr': ..., 'ssim': ...}
+
+The model is rebuilt from WORKDIR/config.json (the config the trainer resolved and saved) and
+restored from WORKDIR/checkpoints/STEP. Images of any size work: the models are fully
+convolutional, and sides that do not divide by 2**num_downsamplings are padded (reflect, at
+the bottom and right) and the outputs cropped back. Pixels are floats in [0, 1] (uint8 is
+accepted too); they are mapped to and from the config's `input_range` here.
+`reconstruct(x)` is exactly `decode(encode(x), size)`: the same compiled functions.
+"""
+import dataclasses
+import glob
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import flax.jax_utils
+import jax
+import ml_collections
+import numpy as np
+
+from convae_jax import checkpointing, models, train
+
+
+class UsageError(ValueError):
+  """A one-line problem with a workdir, checkpoint, setting or input, and how to fix it."""
+
+
+def available_steps(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints in WORKDIR/checkpoints, oldest first."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def config_path(workdir: str, step: int) -> str:
+  """The config that trained up to `step`: config.json, or the newest relaunch's before it."""
+  resumed = []
+  for path in glob.glob(os.path.join(workdir, 'config.resumed_at_step_*.json')):
+    match = re.search(r'config\.resumed_at_step_(\d+)\.json$', path)
+    if match and int(match.group(1)) < step:
+      resumed.append((int(match.group(1)), path))
+  return max(resumed)[1] if resumed else os.path.join(workdir, 'config.json')
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  if not os.path.exists(path):
+    raise UsageError(f'{path} does not exist: the workdir holds no saved config (launch.py '
+                     'writes config.json there); pass the --workdir of a training run')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise UsageError(f'{path} cannot be read as a config ({type(e).__name__}: {e})') from None
+
+
+def _dataset_image_shape(config: ml_collections.ConfigDict, model) -> tuple[int, int, int]:
+  """The training images' shape (TFDS metadata); 32x32 when unknown. Sets the init shape."""
+  channels = getattr(model, 'image_channels', None) or 3
+  height = width = 32
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+    from convae_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import
+    shape = tfds.builder(config.dataset, data_dir=config.get('data_dir')).info.features[
+        'image'].shape
+    height, width, channels = (d or default for d, default in zip(shape, (32, 32, channels)))
+  except Exception:  # pylint: disable=broad-except  # Unknown or custom dataset: the defaults.
+    pass
+  factor = 2**model.num_downsamplings
+  return (-(-height // factor) * factor, -(-width // factor) * factor, channels)
+
+
+def load(workdir: str, step: int | None = None) -> 'TrainedModel':
+  """The model trained in `workdir`, restored from checkpoint `step` (default: the newest)."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(workdir):
+    raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
+                     '(python launch.py --config ... --workdir DIR)')
+  steps = available_steps(workdir)
+  if not steps:
+    raise UsageError(f'{workdir} has no checkpoint in {os.path.join(workdir, "checkpoints")}; '
+                     f'train first: python launch.py --config configs/cifar.py --workdir '
+                     f'{workdir}')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise UsageError(f'{workdir} has no checkpoint at step {step}; available steps: '
+                     f'{", ".join(map(str, steps))}')
+  path = config_path(workdir, step)
+  config = read_config(path)
+  if 'model' not in config:
+    raise UsageError(f'{path} has no model config; pass the --workdir of a training run')
+  try:
+    model = models.create_model(config.model)
+  except (ValueError, TypeError, AttributeError) as e:
+    raise UsageError(f'{path}: config.model: {e} (a variant of your own: import the module '
+                     'that registers it first; the CLI takes --module NAME)') from None
+  image_shape = _dataset_image_shape(config, model)
+  target = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+                                    image_shape)
+  checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
+  try:
+    state = checkpointer.restore(target, step)
+  except Exception as e:  # pylint: disable=broad-except  # Any failure means the same here.
+    others = [s for s in steps if s != step]
+    reason = (str(e).splitlines() or [''])[0].split('. ')[0][:200]
+    raise UsageError(
+        f'checkpoint {step} in {checkpointer.directory} cannot be restored into the model of '
+        f'{path} ({type(e).__name__}: {reason})'
+        + (f'; try --step with one of: {", ".join(map(str, others))}' if others else '')
+    ) from None
+  finally:
+    checkpointer.close()
+  return TrainedModel(model=model, config=config, state=state, step=step, workdir=workdir,
+                      image_shape=image_shape)
+
+
+@dataclasses.dataclass(eq=False)
+class TrainedModel:
+  """A restored model. Image arrays are [N, H, W, C] or [H, W, C], floats in [0, 1]."""
+  model: models.Autoencoder
+  config: ml_collections.ConfigDict
+  state: train.TrainState  # Host copy: params, model_state (batch stats, ...), step.
+  step: int
+  workdir: str
+  image_shape: tuple[int, int, int]  # The training images' shape (the default for sample).
+
+  def __post_init__(self):
+    model = self.model
+    self.variables = {'params': self.state.params, **self.state.model_state}
+    # Keys for any random stream a model might touch outside training (fixed: reproducible).
+    rngs = {name: jax.random.key(i) for i, name in enumerate(model.rng_streams)}
+    self._encode = jax.jit(lambda v, x: model.apply(v, x, method='latents', rngs=rngs))
+    self._decode = jax.jit(lambda v, z: model.apply(v, z, False, method='decode', rngs=rngs))
+    self._sample = jax.jit(
+        lambda v, r, num, h, w: model.apply(v, num, h, w, method='sample', rngs=r),
+        static_argnums=(2, 3, 4))
+    self._interpolate = jax.jit(
+        lambda v, x, y, steps: model.apply(v, x, y, steps, method='interpolate', rngs=rngs),
+        static_argnums=(3,))
+
+  @property
+  def name(self) -> str:
+    return self.config.model.name
+
+  @property
+  def factor(self) -> int:
+    """Image sides are padded to a multiple of this (2**num_downsamplings)."""
+    return 2**self.model.num_downsamplings
+
+  @property
+  def input_range(self) -> tuple[float, float]:
+    return tuple(self.config.input_range)
+
+  @property
+  def channels(self) -> int:
+    return self.image_shape[-1]
+
+  @property
+  def can_sample(self) -> bool:
+    return bool(getattr(self.model, 'can_sample', False))
+
+  # Pixels in and out.
+
+  def _as_images(self, images) -> tuple[np.ndarray, bool]:
+    """float32 [N, H, W, C] in [0, 1], and whether a single image [H, W, C] was given."""
+    array = np.asarray(images)
+    if array.dtype == np.uint8:
+      array = array.astype(np.float32) / 255.0
+    elif not np.issubdtype(array.dtype, np.floating):
+      raise UsageError(f'images of dtype {array.dtype}: pass floats in [0, 1] or uint8')
+    single = array.ndim == 3
+    if single:
+      array = array[None]
+    if array.ndim != 4 or array.shape[-1] != self.channels:
+      raise UsageError(f'images of shape {np.shape(images)}: pass [N, H, W, {self.channels}] '
+                       f'or [H, W, {self.channels}] (model {self.name!r} takes '
+                       f'{self.channels} channels)')
+    if array.size == 0:
+      raise UsageError(f'images of shape {np.shape(images)} hold no pixels')
+    if not np.all(np.isfinite(array)) or array.min() < -1e-6 or array.max() > 1 + 1e-6:
+      raise UsageError(f'image values must be finite and in [0, 1] (got {np.nanmin(array)} to '
+                       f'{np.nanmax(array)}); divide 8-bit pixels by 255')
+    return array.astype(np.float32), single
+
+  def _to_model(self, images: np.ndarray) -> np.ndarray:
+    """[0, 1] images, padded (reflect) so H and W divide by `factor`, in the input range."""
+    h, w = images.shape[1:3]
+    pad_h, pad_w = -h % self.factor, -w % self.factor
+    if pad_h or pad_w:
+      images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
+    low, high = self.input_range
+    return (images * (high - low) + low).astype(np.float32)
+
+  def _to_unit(self, outputs, size: tuple[int, int] | None = None) -> np.ndarray:
+    low, high = self.input_range
+    images = np.clip((np.asarray(outputs, np.float32) - low) / (high - low), 0.0, 1.0)
+    return images if size is None else images[:, :size[0], :size[1]]
+
+  @staticmethod
+  def _chunks(n: int, batch_size: int):
+    return [slice(i, min(n, i + batch_size)) for i in range(0, n, max(1, batch_size))]
+
+  # The API.
+
+  def reconstruct(self, images, batch_size: int = 32) -> np.ndarray:
+    """Reconstructions of `images` at their own size, floats in [0, 1]."""
+    array, single = self._as_images(images)
+    size = array.shape[1:3]
+    padded = self._to_model(array)
+    out = np.concatenate([
+        self._to_unit(self._decode(self.variables, self._encode(self.variables, padded[s])),
+                      size) for s in self._chunks(len(padded), batch_size)])
+    return out[0] if single else out
+
+  def encode(self, images, batch_size: int = 32) -> np.ndarray:
+    """Latents [N, H', W', C'] (or [H', W', C']) of the padded images; decode with `size`."""
+    array, single = self._as_images(images)
+    padded = self._to_model(array)
+    out = np.concatenate([np.asarray(self._encode(self.variables, padded[s]))
+                          for s in self._chunks(len(padded), batch_size)])
+    return out[0] if single else out
+
+  def decode(self, latents, size: Sequence[int] | None = None,
+             batch_size: int = 32) -> np.ndarray:
+    """Images in [0, 1] from latents; `size` (H, W) crops them to the encoded images' size."""
+    array = np.asarray(latents, np.float32)
+    single = array.ndim == 3
+    if single:
+      array = array[None]
+    expected = self.latent_channels
+    if array.ndim != 4 or array.shape[-1] != expected:
+      raise UsageError(f'latents of shape {np.shape(latents)}: model {self.name!r} decodes '
+                       f'[N, H\', W\', {expected}] or [H\', W\', {expected}]')
+    if size is not None:
+      size = tuple(int(s) for s in size)
+      full = (array.shape[1] * self.factor, array.shape[2] * self.factor)
+      if not (0 < size[0] <= full[0] and 0 < size[1] <= full[1]) or (
+          full[0] - size[0] >= self.factor or full[1] - size[1] >= self.factor):
+        raise UsageError(f'size {size[0]}x{size[1]} does not match latents of '
+                         f'{array.shape[1]}x{array.shape[2]}, which decode to '
+                         f'{full[0]}x{full[1]} images')
+    out = np.concatenate([self._to_unit(self._decode(self.variables, array[s]), size)
+                          for s in self._chunks(len(array), batch_size)])
+    return out[0] if single else out
+
+  @property
+  def latent_channels(self) -> int:
+    probe = np.zeros((1, self.factor, self.factor, self.channels), np.float32)
+    return jax.eval_shape(self._encode, self.variables, probe).shape[-1]
+
+  def require_can_sample(self, what: str = 'sample') -> None:
+    """Raises UsageError (one line) unless the model declares `can_sample`."""
+    if not self.can_sample:
+      raise UsageError(f'model {self.name!r} cannot {what}: it declares no prior '
+                       '(can_sample = False); train a variant that can, e.g. '
+                       '--config configs/cifar.py:vae')
+
+  def sample(self, num: int, seed: int = 0, height: int | None = None,
+             width: int | None = None) -> np.ndarray:
+    """`num` images [num, H, W, C] in [0, 1] drawn from the prior (the training size unless
+    `height`/`width` are given; they must divide by `factor`)."""
+    self.require_can_sample('sample')
+    height, width = height or self.image_shape[0], width or self.image_shape[1]
+    if num < 1 or height % self.factor or width % self.factor:
+      raise UsageError(f'sample: num={num} must be >= 1 and the size {height}x{width} must '
+                       f'divide by {self.factor}')
+    key = jax.random.key(seed)
+    rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(self.model.rng_streams)}
+    return self._to_unit(self._sample(self.variables, rngs, num, height, width))
+
+  def interpolate(self, start, end, steps: int = 8) -> np.ndarray:
+    """`steps` images from `start` to `end` (same size): [steps, H, W, C], or
+    [N, steps, H, W, C] for batches of N pairs; floats in [0, 1]."""
+    self.require_can_sample('interpolate')
+    a, single = self._as_images(start)
+    b, _ = self._as_images(end)
+    if a.shape != b.shape:
+      raise UsageError(f'interpolate needs images of the same size; got {a.shape[1]}x'
+                       f'{a.shape[2]} and {b.shape[1]}x{b.shape[2]}')
+    if steps < 2:
+      raise UsageError(f'interpolate: steps={steps} must be >= 2')
+    out = self._interpolate(self.variables, self._to_model(a), self._to_model(b), steps)
+    out = self._to_unit(out, a.shape[1:3]).reshape((len(a), steps) + a.shape[1:])
+    return out[0] if single else out
+
+  def evaluate(self, split: str | None = None, *, dataset: str | None = None,
+               data_dir: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """The trainer's evaluation (every image once; mse, psnr, ssim and the model's own
+    metrics) of a TFDS split, by default the config's eval split. Returns the metrics and
+    'num_images'."""
+    from convae_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    dataset = dataset or self.config.dataset
+    split = split or self.config.eval_split
+    data_dir = data_dir if data_dir is not None else self.config.get('data_dir')
+    data = input_pipeline.load_split(dataset, split, data_dir)
+    image_shape = data.images.shape[1:]
+    if image_shape[0] % self.factor or image_shape[1] % self.factor:
+      raise UsageError(f'{dataset}:{split} images of {image_shape[0]}x{image_shape[1]} do not '
+                       f'divide by {self.factor}; reconstruct them as files instead')
+    if image_shape[-1] != self.channels:
+      raise UsageError(f'{dataset}:{split} images have {image_shape[-1]} channels; model '
+                       f'{self.name!r} takes {self.channels}')
+    devices = jax.local_devices()
+    batch = batch_size or self.config.eval_batch_size
+    batch = -(-batch // len(devices)) * len(devices)
+    names = train._metric_names(self.model, image_shape)  # pylint: disable=protected-access
+    p_eval_step = train.make_p_eval_step(self.model, self.input_range, names)
+    state = flax.jax_utils.replicate(self.state.replace(opt_state=None), devices)
+    # The trainer's evaluation key, so a stochastic model scores as in training.
+    base_rng = jax.random.split(jax.random.key(self.config.seed))[1]
+    scalars = train.evaluate_split(p_eval_step, state, data, eval_batch_size=batch,
+                                   input_range=self.input_range, devices=devices,
+                                   base_rng=base_rng)
+    return {**scalars, 'num_images': data.num_examples}

@@ -1,0 +1,292 @@
+"""Using a trained model: the Python API and `python -m convae_jax.cli`, on tiny checkpoints.
+
+A cae is trained for two steps on photo_patches and a vae checkpoint saved at its
+initialization (once per module); the inputs are generated images of several sizes and modes,
+plus a corrupt and an empty file.
+"""
+import contextlib
+import io
+import json
+import os
+import struct
+import zlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import photos
+from convae_jax import checkpointing, cli, image_io, inference, models, train
+from convae_jax import workdir as workdir_lib
+
+from conftest import tiny
+
+GOOD = {  # name: (height, width, what it exercises)
+    'rgb': (32, 32, 'RGB PNG'),
+    'odd': (37, 50, 'RGB PNG, sides not divisible by 4'),
+    'gray': (64, 48, 'L PNG'),
+    'rgba': (37, 50, 'RGBA PNG'),
+    'deep': (32, 32, '16-bit grayscale PNG (I;16)'),
+    'deep_rgb': (37, 50, '16-bit RGB PNG'),
+    'photo': (64, 48, 'JPEG'),
+}
+
+
+def _smooth(height, width, channels, seed):
+  """A reconstructable picture: coarse noise blown up and blurred, floats in [0, 1]."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(size=(height // 8 + 2, width // 8 + 2, channels))
+  return np.asarray(coarse.repeat(8, 0).repeat(8, 1)[:height, :width], np.float64)
+
+
+def _png16_rgb(path, pixels):
+  """Writes uint16 [H, W, 3] as a 16-bit RGB PNG (Pillow cannot write those)."""
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data +
+            struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+  h, w, _ = pixels.shape
+  raw = b''.join(b'\x00' + row.astype('>u2').tobytes() for row in pixels)
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, 2, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+
+
+@pytest.fixture(scope='module')
+def images_dir(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('inputs')
+  u8 = lambda x: (x * 255).round().astype(np.uint8)
+  Image.fromarray(u8(_smooth(32, 32, 3, 0))).save(folder / 'rgb.png')
+  Image.fromarray(u8(_smooth(37, 50, 3, 1))).save(folder / 'odd.png')
+  Image.fromarray(u8(_smooth(64, 48, 1, 2))[..., 0], 'L').save(folder / 'gray.png')
+  rgba = u8(np.concatenate([_smooth(37, 50, 3, 3), _smooth(37, 50, 1, 4)], -1))
+  Image.fromarray(rgba, 'RGBA').save(folder / 'rgba.png')
+  Image.fromarray((_smooth(32, 32, 1, 5)[..., 0] * 65535).astype(np.uint16)).save(
+      folder / 'deep.png')
+  _png16_rgb(folder / 'deep_rgb.png', (_smooth(37, 50, 3, 6) * 65535).astype(np.uint16))
+  Image.fromarray(u8(_smooth(64, 48, 3, 7))).save(folder / 'photo.jpg', quality=90)
+  with open(folder / 'photo.jpg', 'rb') as f:
+    jpeg = f.read()
+  with open(folder / 'corrupt.jpg', 'wb') as f:
+    f.write(jpeg[:len(jpeg) // 3])  # Truncated mid-scan.
+  (folder / 'empty.png').write_bytes(b'')
+  (folder / 'notes.txt').write_text('not an image, and not .png/.jpg: ignored in folders')
+  return str(folder)
+
+
+@pytest.fixture(scope='module')
+def cae_workdir(tmp_path_factory, photo_data_dir):
+  workdir = str(tmp_path_factory.mktemp('cae'))
+  config = tiny(photos.get_config('cae'), data_dir=photo_data_dir, num_train_steps=2,
+                eval_batch_size=128)
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def vae_workdir(tmp_path_factory, photo_data_dir):
+  """A VAE checkpoint at initialization, saved as the trainer saves (its loop is the cae's)."""
+  workdir = str(tmp_path_factory.mktemp('vae'))
+  config = tiny(photos.get_config('vae'), data_dir=photo_data_dir)
+  model = models.create_model(config.model)
+  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+                                   (32, 32, 3))
+  workdir_lib.save_config(config, workdir, 0)
+  checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
+  checkpointer.save(1, state)
+  checkpointer.close()
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def cae(cae_workdir):
+  return inference.load(cae_workdir)
+
+
+def run_cli(*argv):
+  """(exit code, stdout, stderr) of the CLI run in this process."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+      code = e.code
+  return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope='module')
+def reconstructed(cae_workdir, images_dir, tmp_path_factory):
+  out = tmp_path_factory.mktemp('recon')
+  return (out,) + run_cli('reconstruct', '--workdir', cae_workdir, images_dir, '--output', out)
+
+
+def _read(path):
+  return np.asarray(Image.open(path))
+
+
+def test_reconstructs_a_folder_at_original_sizes_and_skips_bad_files(reconstructed, images_dir,
+                                                                     cae):
+  out, code, stdout, stderr = reconstructed
+  assert code == 0, stderr
+  for name, (h, w, what) in GOOD.items():
+    original = _read(out / f'{name}_original.png')
+    recon = _read(out / f'{name}_reconstruction.png')
+    assert original.shape == recon.shape == (h, w, 3), what
+    assert name in stdout
+  report = json.load(open(out / 'psnr.json'))
+  assert sorted(r['name'] for r in report['images']) == sorted(GOOD)
+  assert all(np.isfinite(r['psnr']) and r['psnr'] > 5 for r in report['images'])
+  assert os.path.exists(out / 'grid.png')
+  # The bad files: named once each, skipped; the rest finished.
+  assert stderr.count('corrupt.jpg') == 1 and 'skipped' in stderr
+  assert f'skipped {os.path.join(images_dir, "empty.png")}: empty file' in stderr
+  assert 'notes' not in stderr + stdout
+  # Each kind of conversion said once, with its count.
+  lines = stderr.splitlines()
+  for said in ('2 images reduced from 16 to 8 bits', '2 images grayscale, repeated to RGB',
+               '1 image with transparency, composited on white'):
+    assert sum(line.startswith(said) for line in lines) == 1, stderr
+  # What was written is the API's reconstruction of what was read.
+  odd = _read(out / 'odd_original.png').astype(np.float32) / 255
+  np.testing.assert_array_equal(image_io.to_uint8(cae.reconstruct(odd)),
+                                _read(out / 'odd_reconstruction.png'))
+
+
+def test_conversions(tmp_path):
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[0, 0] = (10, 20, 30, 255)  # Opaque: kept; the rest transparent: white.
+  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'a.png')
+  pixels, kinds = image_io.read_image(str(tmp_path / 'a.png'))
+  assert kinds == ['alpha']
+  np.testing.assert_array_equal(pixels[0, 0], [10, 20, 30])
+  np.testing.assert_array_equal(pixels[1, 1], [255, 255, 255])
+  deep = np.array([[0, 257 * 100], [65535, 257 * 7 + 100]], np.uint16)
+  Image.fromarray(deep).save(tmp_path / 'd.png')
+  pixels, kinds = image_io.read_image(str(tmp_path / 'd.png'))
+  assert kinds == ['sixteen_bit', 'grayscale'] and pixels.shape == (2, 2, 3)
+  np.testing.assert_array_equal(pixels[..., 0], [[0, 100], [255, 7]])
+  np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])
+  gray, kinds = image_io.read_image(str(tmp_path / 'd.png'), channels=1)
+  assert gray.shape == (2, 2, 1)
+
+
+def test_encode_then_decode_gives_the_reconstructions(reconstructed, cae_workdir, images_dir,
+                                                       tmp_path, cae):
+  recon_dir = reconstructed[0]
+  code, stdout, stderr = run_cli('encode', '--workdir', cae_workdir, images_dir,
+                                 '--output', tmp_path / 'z.npz')
+  assert code == 0, stderr
+  with np.load(tmp_path / 'z.npz') as z:
+    assert sorted(z['names']) == sorted(GOOD)
+    assert z[f'latent_{list(z["names"]).index("odd")}'].shape == (10, 13, 32)  # 40x52 / 4.
+  code, stdout, stderr = run_cli('decode', '--workdir', cae_workdir, '--latents',
+                                 tmp_path / 'z.npz', '--output', tmp_path / 'decoded')
+  assert code == 0, stderr
+  for name in GOOD:
+    np.testing.assert_array_equal(_read(tmp_path / 'decoded' / f'{name}.png'),
+                                  _read(recon_dir / f'{name}_reconstruction.png'))
+  # Decoding next to the encoded originals would overwrite them (NAME.png): refused.
+  code, _, stderr = run_cli('decode', '--workdir', cae_workdir, '--latents',
+                            tmp_path / 'z.npz', '--output', images_dir)
+  assert code == 2 and 'folder of input' in stderr
+  # The API: decode(encode(x)) is reconstruct(x), bitwise, at any size.
+  x = _smooth(37, 50, 3, 9).astype(np.float32)[None].repeat(2, 0)
+  recon = cae.reconstruct(x)
+  assert recon.shape == x.shape and 0 <= recon.min() and recon.max() <= 1
+  np.testing.assert_array_equal(cae.decode(cae.encode(x), size=(37, 50)), recon)
+  np.testing.assert_array_equal(cae.reconstruct(x[0]), recon[0])
+  np.testing.assert_array_equal(cae.reconstruct(image_io.to_uint8(x)),
+                                cae.reconstruct(image_io.to_uint8(x).astype(np.float32) / 255))
+
+
+def test_sides_that_divide_need_no_padding(cae):
+  x = _smooth(32, 48, 3, 10).astype(np.float32)[None]
+  direct = cae.model.apply(cae.variables, x).reconstruction
+  np.testing.assert_allclose(cae.reconstruct(x), np.asarray(direct), atol=1e-6)
+
+
+def test_evaluate_prints_and_writes_the_metrics(cae_workdir, tmp_path):
+  code, stdout, stderr = run_cli('evaluate', '--workdir', cae_workdir,
+                                 '--output', tmp_path / 'eval.json')
+  assert code == 0, stderr
+  result = json.load(open(tmp_path / 'eval.json'))
+  assert result['step'] == 2 and result['split'] == 'test' and result['num_images'] == 476
+  for name in ('mse', 'psnr', 'ssim', 'loss_mse'):
+    assert np.isfinite(result['metrics'][name]) and name in stdout
+  # The trainer's evaluation of the same checkpoint.
+  lines = [json.loads(l) for l in open(os.path.join(cae_workdir, 'metrics.jsonl'))]
+  trained = [l for l in lines if 'eval/psnr' in l][-1]
+  for name in ('mse', 'psnr', 'ssim'):
+    np.testing.assert_allclose(result['metrics'][name], trained[f'eval/{name}'], rtol=1e-5)
+
+
+def test_vae_samples_and_interpolates(vae_workdir, images_dir, tmp_path):
+  vae = inference.load(vae_workdir)
+  samples = vae.sample(3, seed=1)
+  assert samples.shape == (3, 32, 32, 3) and 0 <= samples.min() and samples.max() <= 1
+  np.testing.assert_array_equal(samples, vae.sample(3, seed=1))
+  assert vae.sample(2, seed=0, height=16, width=24).shape == (2, 16, 24, 3)
+  a, b = _smooth(37, 50, 3, 11), _smooth(37, 50, 3, 12)
+  path = vae.interpolate(a, b, steps=5)
+  assert path.shape == (5, 37, 50, 3)
+  np.testing.assert_allclose(path[0], vae.reconstruct(a.astype(np.float32)), atol=1e-5)
+  np.testing.assert_allclose(path[-1], vae.reconstruct(b.astype(np.float32)), atol=1e-5)
+
+  code, _, stderr = run_cli('sample', '--workdir', vae_workdir, '--num', 4,
+                            '--output', tmp_path / 's')
+  assert code == 0, stderr
+  assert sorted(os.listdir(tmp_path / 's')) == ['grid.png'] + [f'sample_00{i}.png'
+                                                                 for i in range(4)]
+  code, _, stderr = run_cli('interpolate', '--workdir', vae_workdir, '--steps', 4,
+                            os.path.join(images_dir, 'odd.png'),
+                            os.path.join(images_dir, 'rgba.png'), '--output', tmp_path / 'i')
+  assert code == 0, stderr
+  assert _read(tmp_path / 'i' / 'interpolation_03.png').shape == (37, 50, 3)
+  assert len(os.listdir(tmp_path / 'i')) == 5
+
+
+def test_a_model_that_cannot_sample_says_so(cae, cae_workdir, tmp_path):
+  with pytest.raises(inference.UsageError, match=r"model 'cae' cannot sample.*can_sample"):
+    cae.sample(2)
+  code, _, stderr = run_cli('sample', '--workdir', cae_workdir, '--output', tmp_path / 's')
+  assert code == 2 and stderr.startswith("error: model 'cae' cannot sample")
+  assert len(stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / 's')
+
+
+def test_an_output_folder_of_the_inputs_is_refused(cae_workdir, images_dir):
+  before = sorted(os.listdir(images_dir))
+  for output in (images_dir, os.path.join(images_dir, 'out')):
+    code, _, stderr = run_cli('reconstruct', '--workdir', cae_workdir, images_dir,
+                              '--output', output)
+    assert code == 2 and 'folder of input' in stderr and stderr.startswith('error: --output')
+  code, _, stderr = run_cli('reconstruct', '--workdir', cae_workdir,
+                            os.path.join(images_dir, 'rgb.png'), '--output', images_dir)
+  assert code == 2 and 'folder of input' in stderr
+  assert sorted(os.listdir(images_dir)) == before
+
+
+def test_missing_workdir_checkpoint_or_step(cae_workdir, tmp_path, images_dir):
+  with pytest.raises(inference.UsageError, match='does not exist; pass the --workdir'):
+    inference.load(str(tmp_path / 'nope'))
+  with pytest.raises(inference.UsageError, match='has no checkpoint in .*; train first'):
+    inference.load(str(tmp_path))
+  with pytest.raises(inference.UsageError,
+                     match='has no checkpoint at step 7; available steps: 2'):
+    inference.load(cae_workdir, step=7)
+  code, _, stderr = run_cli('reconstruct', '--workdir', cae_workdir, '--step', 7, images_dir,
+                            '--output', tmp_path / 'out')
+  assert code == 2 and stderr.startswith('error: ') and len(stderr.splitlines()) == 1
+  assert 'available steps: 2' in stderr
+
+
+def test_nothing_readable_is_refused(cae_workdir, images_dir, tmp_path):
+  code, _, stderr = run_cli('reconstruct', '--workdir', cae_workdir,
+                            os.path.join(images_dir, 'empty.png'),
+                            os.path.join(images_dir, 'corrupt.jpg'), tmp_path / 'missing.png',
+                            '--output', tmp_path / 'out')
+  assert code == 2
+  assert 'empty.png: empty file' in stderr and 'missing.png: no such file' in stderr
+  assert stderr.splitlines()[-1].startswith('error: no readable image')
+  code, _, stderr = run_cli('nope')
+  assert code == 2 and stderr.startswith('error: argument MODE')
