@@ -6,8 +6,9 @@ Both train the same model (7,347 parameters: MSE, Adam 1e-3) on the same random 
 batch. PyTorch runs in the setting that was fastest here (eager, channels-last; see
 --torch_mode), the JAX side is the trainer's own pmapped train step. Windows alternate
 (torch, jax, torch, jax, ...) so that machine noise hits both; the median window of each is
-reported with the ratio jax/torch. Needs torch (not a project dependency). For the malloc
-settings named in README.md, set them in the environment before starting Python.
+reported with the ratio jax/torch. Needs torch (not a project dependency). Both
+run with the glibc malloc settings of convae_jax/malloc_env.py (set on start), which sped
+up PyTorch here too.
 """
 import argparse
 import json
@@ -18,6 +19,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from convae_jax import malloc_env  # pylint: disable=wrong-import-position
+
+if __name__ == '__main__':
+  malloc_env.ensure()  # The settings launch.py runs with (README.md, "Performance").
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np

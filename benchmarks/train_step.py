@@ -17,6 +17,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from convae_jax import malloc_env  # pylint: disable=wrong-import-position
+
+if __name__ == '__main__':
+  malloc_env.ensure()  # The settings launch.py runs with (README.md, "Performance").
+
 import flax.jax_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np

@@ -61,3 +61,18 @@ def test_patch_conv_transpose_matches_lax_conv_transpose():
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                     transpose_kernel=True) + bias
   np.testing.assert_allclose(layer.apply(variables, x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel_size,padding', [(3, 1), (1, 0), (3, 0), (5, 2)])
+def test_patch_conv_matches_flax_conv(kernel_size, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, 5))
+  layer = layers.PatchConv(6, kernel_size, padding)
+  params = layer.init(jax.random.key(1), x)
+  reference = nn.Conv(6, (kernel_size, kernel_size), padding=padding)
+  np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  # Same gradients too: training depends on the backward pass, not only on the forward.
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  ours = jax.grad(loss(layer), argnums=(0, 1))(params, x)
+  theirs = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)

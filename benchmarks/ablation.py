@@ -1,0 +1,125 @@
+"""What each CPU optimization buys: the seed model's train step, one change at a time.
+
+    python benchmarks/ablation.py --batch_size 128 --rounds 3 --output ablation.json
+
+Each setting runs in a fresh process (malloc settings are read at process start) on random
+[0, 1] images through the trainer's own pmapped train step. Settings are visited in turn,
+`--rounds` times, so machine noise spreads over all of them; the table gives each setting's
+median images/s. Settings, cumulative from the top:
+  flax layers      nn.Conv, nn.max_pool, nn.ConvTranspose: the straightforward port
+  + malloc         glibc malloc settings of convae_jax/malloc_env.py
+  + pool           max pooling as reshape-and-max (layers.max_pool)
+  + deconv         k2s2 transposed conv as one matrix product + depth-to-space
+  + conv           3x3 convs as patches + one matrix product (layers.PatchConv): the model as shipped
+  + no ynn         XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (YNNPACK fusions off)
+Run it on an otherwise idle machine.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYERS = ('pool', 'deconv', 'conv')  # Our formulations, in the order they are switched on.
+SETTINGS = [  # (name, malloc settings on, our layers on, YNNPACK fusions off)
+    ('flax layers', False, (), False),
+    ('+ malloc', True, (), False),
+    ('+ pool', True, ('pool',), False),
+    ('+ deconv', True, ('pool', 'deconv'), False),
+    ('+ conv (shipped)', True, LAYERS, False),
+    ('+ no ynn fusions', True, LAYERS, True),
+]
+NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
+
+
+def use_flax_layers(keep: tuple[str, ...]) -> None:
+  """Swaps the shared layers not in `keep` for their plain Flax forms (same functions)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from convae_jax.models import layers
+
+  if 'pool' not in keep:
+    layers.max_pool = lambda x, window=2: nn.max_pool(x, (window, window), (window, window))
+  if 'conv' not in keep:
+    def flax_conv(features, in_features, kernel_size=3, padding=1, name=None):
+      init = layers.torch_default_init(in_features * kernel_size**2)
+      return nn.Conv(features, (kernel_size, kernel_size), padding=padding, name=name,
+                     kernel_init=init, bias_init=init)
+    layers.torch_conv = flax_conv
+  if 'deconv' not in keep:
+    class LaxConvTranspose(layers.PatchConvTranspose):
+      @nn.compact
+      def __call__(self, x):
+        k = self.stride
+        init = layers.torch_default_init(self.features * k * k)
+        kernel = self.param('kernel', init, (k, k, x.shape[-1], self.features))
+        bias = self.param('bias', init, (self.features,))
+        return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (k, k), 'VALID',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      transpose_kernel=True) + bias
+    layers.PatchConvTranspose = LaxConvTranspose
+
+
+def worker(args) -> None:
+  """One setting, in this process: prints a JSON line {images_per_sec, compile_s}."""
+  sys.path.insert(0, REPO)
+  use_flax_layers(tuple(filter(None, args.keep.split(','))))
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10)
+  print(json.dumps(result))
+
+
+def run_setting(setting, args) -> dict:
+  name, malloc, keep, no_ynn = setting
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith('MALLOC_') and k != 'XLA_FLAGS'}
+  env['CONVAE_MALLOC_TUNING'] = '0'
+  if malloc:
+    from convae_jax import malloc_env  # pylint: disable=g-import-not-at-top
+    env.update(malloc_env.SETTINGS)
+  if no_ynn:
+    env['XLA_FLAGS'] = NO_YNN
+  out = subprocess.run(
+      [sys.executable, __file__, '--worker', '--keep', ','.join(keep),
+       '--batch_size', str(args.batch_size), '--steps', str(args.steps),
+       '--windows', str(args.windows)],
+      env=env, capture_output=True, text=True, check=True, cwd=REPO)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=30)
+  parser.add_argument('--windows', type=int, default=5)
+  parser.add_argument('--output', default='ablation.json')
+  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--keep', default='', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    return worker(args)
+
+  sys.path.insert(0, REPO)
+  runs = {name: [] for name, *_ in SETTINGS}
+  for _ in range(args.rounds):
+    for setting in SETTINGS:
+      runs[setting[0]].append(run_setting(setting, args))
+  rows, baseline = [], None
+  print(f'{"setting":<22} {"images/s":>9} {"x flax":>7} {"compile s":>10}')
+  for name, results in runs.items():
+    rate = statistics.median(r['images_per_sec'] for r in results)
+    compile_s = statistics.median(r['compile_s'] for r in results)
+    baseline = baseline or rate
+    rows.append({'setting': name, 'images_per_sec': rate, 'speedup': round(rate / baseline, 2),
+                 'compile_s': compile_s, 'rounds': [r['images_per_sec'] for r in results]})
+    print(f'{name:<22} {rate:>9.0f} {rate / baseline:>7.2f} {compile_s:>10.2f}', flush=True)
+  with open(args.output, 'w', encoding='utf-8') as f:
+    json.dump({'batch_size': args.batch_size, 'rows': rows}, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
