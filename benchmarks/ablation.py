@@ -7,11 +7,13 @@ Each setting runs in a fresh process (malloc settings are read at process start)
 `--rounds` times, so machine noise spreads over all of them; the table gives each setting's
 median images/s. Settings, cumulative from the top:
   flax layers      nn.Conv, nn.max_pool, nn.ConvTranspose: the straightforward port
-  + malloc         glibc malloc settings of convae_jax/malloc_env.py
+  + malloc         glibc malloc settings of convae_jax/malloc_env.py (launch.py sets them)
   + pool           max pooling as reshape-and-max (layers.max_pool)
   + deconv         k2s2 transposed conv as one matrix product + depth-to-space
-  + conv           3x3 convs as patches + one matrix product (layers.PatchConv): the model as shipped
-  + no ynn         XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (YNNPACK fusions off)
+                   (layers.PatchConvTranspose): the model as shipped
+  + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
+  + no ynn         the shipped model with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+                   (YNNPACK fusions off): tried, not kept
 Run it on an otherwise idle machine.
 """
 import argparse
@@ -22,20 +24,60 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = ('pool', 'deconv', 'conv')  # Our formulations, in the order they are switched on.
+LAYERS = ('pool', 'deconv', 'conv')  # Formulations, in the order they are switched on.
 SETTINGS = [  # (name, malloc settings on, our layers on, YNNPACK fusions off)
     ('flax layers', False, (), False),
     ('+ malloc', True, (), False),
     ('+ pool', True, ('pool',), False),
-    ('+ deconv', True, ('pool', 'deconv'), False),
-    ('+ conv (shipped)', True, LAYERS, False),
-    ('+ no ynn fusions', True, LAYERS, True),
+    ('+ deconv (shipped)', True, ('pool', 'deconv'), False),
+    ('+ patch conv', True, LAYERS, False),
+    ('shipped + no ynn', True, ('pool', 'deconv'), True),
 ]
 NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
 
-def use_flax_layers(keep: tuple[str, ...]) -> None:
-  """Swaps the shared layers not in `keep` for their plain Flax forms (same functions)."""
+def define_patch_conv():
+  """The candidate conv formulation (not in the shared layers: it did not pay here)."""
+  from typing import Callable  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  class PatchConv(nn.Module):
+    """Stride-1 convolution as one matrix product over k x k patches (im2col).
+
+    Same function and parameters as `nn.Conv(features, (k, k), padding=padding)` (kernel
+    [k, k, in, out], bias [out]). With few input channels XLA:CPU's convolution runs far below
+    the matrix-product speed; gathering the k*k shifted views into the channel axis turns the
+    layer into one [N*H*W, k*k*in] x [k*k*in, out] product, forward and backward. (Measured:
+    slower than nn.Conv in the whole train step here; README.md "Performance".)
+    """
+    features: int
+    kernel_size: int = 3
+    padding: int = 1
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+      n, h, w, c = x.shape
+      k, p = self.kernel_size, self.padding
+      kernel = self.param('kernel', self.kernel_init, (k, k, c, self.features))
+      bias = self.param('bias', self.bias_init, (self.features,))
+      if k == 1 and p == 0:
+        return jnp.dot(x, kernel[0, 0]) + bias
+      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+      out_h, out_w = h + 2 * p - k + 1, w + 2 * p - k + 1
+      # Channel order (a, b, c) matches kernel.reshape(k * k * c, out).
+      patches = jnp.concatenate([x[:, a:a + out_h, b:b + out_w, :]
+                                 for a in range(k) for b in range(k)], axis=-1)
+      return jnp.dot(patches, kernel.reshape(k * k * c, self.features)) + bias
+
+  return PatchConv
+
+
+def use_layers(keep: tuple[str, ...]) -> None:
+  """Plain Flax forms for the shared layers not in `keep`; 'conv' in it: PatchConv."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
@@ -43,12 +85,14 @@ def use_flax_layers(keep: tuple[str, ...]) -> None:
 
   if 'pool' not in keep:
     layers.max_pool = lambda x, window=2: nn.max_pool(x, (window, window), (window, window))
-  if 'conv' not in keep:
-    def flax_conv(features, in_features, kernel_size=3, padding=1, name=None):
+  if 'conv' in keep:
+    patch_conv = define_patch_conv()
+
+    def torch_patch_conv(features, in_features, kernel_size=3, padding=1, name=None):
       init = layers.torch_default_init(in_features * kernel_size**2)
-      return nn.Conv(features, (kernel_size, kernel_size), padding=padding, name=name,
-                     kernel_init=init, bias_init=init)
-    layers.torch_conv = flax_conv
+      return patch_conv(features, kernel_size, padding, name=name, kernel_init=init,
+                        bias_init=init)
+    layers.torch_conv = torch_patch_conv
   if 'deconv' not in keep:
     class LaxConvTranspose(layers.PatchConvTranspose):
       @nn.compact
@@ -66,7 +110,7 @@ def use_flax_layers(keep: tuple[str, ...]) -> None:
 def worker(args) -> None:
   """One setting, in this process: prints a JSON line {images_per_sec, compile_s}."""
   sys.path.insert(0, REPO)
-  use_flax_layers(tuple(filter(None, args.keep.split(','))))
+  use_layers(tuple(filter(None, args.keep.split(','))))
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10)
   print(json.dumps(result))

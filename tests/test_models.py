@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from benchmarks import ablation
 from convae_jax import models
 from convae_jax.models import layers
 
@@ -64,9 +65,10 @@ def test_patch_conv_transpose_matches_lax_conv_transpose():
 
 
 @pytest.mark.parametrize('kernel_size,padding', [(3, 1), (1, 0), (3, 0), (5, 2)])
-def test_patch_conv_matches_flax_conv(kernel_size, padding):
+def test_benchmarked_patch_conv_matches_flax_conv(kernel_size, padding):
+  # benchmarks/ablation.py times this candidate against nn.Conv: it must be the same function.
   x = jax.random.normal(jax.random.key(0), (2, 9, 7, 5))
-  layer = layers.PatchConv(6, kernel_size, padding)
+  layer = ablation.define_patch_conv()(6, kernel_size, padding)
   params = layer.init(jax.random.key(1), x)
   reference = nn.Conv(6, (kernel_size, kernel_size), padding=padding)
   np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
