@@ -19,7 +19,7 @@ import sys
 
 if __name__ == '__main__':
   from convae_jax import malloc_env  # pylint: disable=g-import-not-at-top
-  malloc_env.ensure()  # Re-executes once with fast malloc settings (README.md, "Performance").
+  malloc_env.ensure()  # With CONVAE_MALLOC_TUNING=1: faster CPU steps (README.md, "Performance").
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only feeds data: spare its banners.
 

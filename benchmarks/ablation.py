@@ -7,10 +7,12 @@ Each setting runs in a fresh process (malloc settings are read at process start)
 `--rounds` times, so machine noise spreads over all of them; the table gives each setting's
 median images/s. Settings, cumulative from the top:
   flax layers      nn.Conv, nn.max_pool, nn.ConvTranspose: the straightforward port
-  + malloc         glibc malloc settings of convae_jax/malloc_env.py (launch.py sets them)
+  + malloc         glibc malloc settings of convae_jax/malloc_env.py (CONVAE_MALLOC_TUNING=1)
   + pool           max pooling as reshape-and-max (layers.max_pool)
   + deconv         k2s2 transposed conv as one matrix product + depth-to-space
-                   (layers.PatchConvTranspose): the model as shipped
+                   (layers.PatchConvTranspose)
+  + selu order     SELU after pooling instead of before (SELU is increasing: same function):
+                   the model as shipped
   + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
   + no ynn         the shipped model with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
                    (YNNPACK fusions off): tried, not kept
@@ -24,14 +26,16 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = ('pool', 'deconv', 'conv')  # Formulations, in the order they are switched on.
+LAYERS = ('pool', 'deconv', 'order', 'conv')  # Formulations, in the order they are switched on.
+SHIPPED = ('pool', 'deconv', 'order')
 SETTINGS = [  # (name, malloc settings on, our layers on, YNNPACK fusions off)
     ('flax layers', False, (), False),
     ('+ malloc', True, (), False),
     ('+ pool', True, ('pool',), False),
-    ('+ deconv (shipped)', True, ('pool', 'deconv'), False),
+    ('+ deconv', True, ('pool', 'deconv'), False),
+    ('+ selu order (shipped)', True, SHIPPED, False),
     ('+ patch conv', True, LAYERS, False),
-    ('shipped + no ynn', True, ('pool', 'deconv'), True),
+    ('shipped + no ynn', True, SHIPPED, True),
 ]
 NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
@@ -85,6 +89,18 @@ def use_layers(keep: tuple[str, ...]) -> None:
 
   if 'pool' not in keep:
     layers.max_pool = lambda x, window=2: nn.max_pool(x, (window, window), (window, window))
+  if 'order' not in keep:
+    from convae_jax.models import cae  # pylint: disable=g-import-not-at-top
+
+    class SeluThenPoolEncoder(cae.ConvEncoder):  # The seed's order.
+      @nn.compact
+      def __call__(self, x):
+        for i, width in enumerate(self.features):
+          x = layers.torch_conv(width, x.shape[-1], kernel_size=3, padding=1,
+                                name=f'conv{i + 1}')(x)
+          x = layers.max_pool(nn.selu(x), 2)
+        return x
+    cae.ConvEncoder = SeluThenPoolEncoder
   if 'conv' in keep:
     patch_conv = define_patch_conv()
 

@@ -7,8 +7,8 @@ batch. PyTorch runs in the setting that was fastest here (torch.compile of the w
 a channels-last model; --torch_mode picks another), the JAX side is the trainer's own pmapped train step. Windows alternate
 (torch, jax, torch, jax, ...) so that machine noise hits both; the median window of each is
 reported with the ratio jax/torch. Needs torch (not a project dependency). Both
-run with the glibc malloc settings of convae_jax/malloc_env.py (set on start), which sped
-up PyTorch here too.
+run with the glibc malloc settings of convae_jax/malloc_env.py (set on start unless
+CONVAE_MALLOC_TUNING=0), which sped up PyTorch here too.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ sys.path.insert(0, REPO)
 from convae_jax import malloc_env  # pylint: disable=wrong-import-position
 
 if __name__ == '__main__':
-  malloc_env.ensure()  # The settings launch.py runs with (README.md, "Performance").
+  malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np

@@ -19,7 +19,7 @@ sys.path.insert(0, REPO)
 from convae_jax import malloc_env  # pylint: disable=wrong-import-position
 
 if __name__ == '__main__':
-  malloc_env.ensure()
+  malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
 
 import flax.jax_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax

@@ -29,6 +29,8 @@ def main():
   parser.add_argument('--num_train_steps', type=int, default=1200)
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--extra', nargs='*', default=[], help='More --config.KEY=VALUE flags.')
+  parser.add_argument('--malloc_tuning', default='1', choices=['0', '1'],
+                      help='CONVAE_MALLOC_TUNING for the run (1: as benchmarks/train_step.py).')
   parser.add_argument('--output', default='launch_run.json')
   args = parser.parse_args()
 
@@ -37,8 +39,9 @@ def main():
              f'--config.data_dir={args.data_dir}', f'--config.batch_size={args.batch_size}',
              f'--config.num_train_steps={args.num_train_steps}', *args.extra]
   start = time.perf_counter()
+  env = {**os.environ, 'CONVAE_MALLOC_TUNING': args.malloc_tuning}
   subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
+                 stderr=subprocess.DEVNULL, env=env)
   wall_s = time.perf_counter() - start
   peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
@@ -48,6 +51,7 @@ def main():
     sys.exit('error: fewer than 2 progress reports; raise --num_train_steps')
   result = {'config': args.config, 'batch_size': args.batch_size,
             'num_train_steps': args.num_train_steps, 'extra': args.extra,
+            'malloc_tuning': args.malloc_tuning,
             'images_per_sec': round(statistics.median(rates[1:]) * args.batch_size, 1),
             'reports': [round(r * args.batch_size, 1) for r in rates],
             'wall_s': round(wall_s, 1), 'peak_rss_mib': round(peak_mib)}

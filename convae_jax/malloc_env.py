@@ -1,11 +1,16 @@
-"""glibc malloc settings that keep freed activation buffers in the process.
+"""glibc malloc settings that keep freed activation buffers in the process (opt-in).
 
 By default glibc hands large freed blocks back to the kernel, so every training step maps
 fresh pages for its activations and takes a page fault for each one (about 8,000 a step for
-the seed model at batch 128 here, ~2 us each on a VM). These settings keep the memory instead.
-They are read when the process starts, so `ensure()` re-executes the current command with
-them once, before JAX or TensorFlow is imported. Values already in the environment win;
-CONVAE_MALLOC_TUNING=0 turns the re-execution off. See README.md "Performance".
+the seed model at batch 128 here, ~2 us each on a VM). These settings keep the memory
+instead: the seed's CPU train step ran 1.5x faster with them. They are read when the process
+starts, so `ensure()` re-executes the current command with them once, before JAX or
+TensorFlow is imported. Values already in the environment win.
+
+Opt-in for training (CONVAE_MALLOC_TUNING=1): with them, the tools/crash_test.py run here
+once ended a few float ulps away from the uninterrupted run, while bitwise resume held
+without them. Benchmarks turn them on unless CONVAE_MALLOC_TUNING=0.
+See README.md "Performance".
 """
 import os
 import platform
@@ -17,24 +22,25 @@ SETTINGS = {
     'MALLOC_TOP_PAD_': '536870912',  # Grow the heap in 512 MiB steps (address space, not RSS).
     'MALLOC_ARENA_MAX': '1',  # One arena: freed buffers are found by the next step's threads.
 }
-OPT_OUT = 'CONVAE_MALLOC_TUNING'
+SWITCH = 'CONVAE_MALLOC_TUNING'  # '1' on, '0' off; unset: the caller's default.
 
 
 def missing() -> dict[str, str]:
   """The settings this process did not start with (empty where they do not apply)."""
-  if os.environ.get(OPT_OUT) == '0' or platform.system() != 'Linux':
-    return {}
-  if platform.libc_ver()[0] != 'glibc':  # musl and others ignore these variables.
-    return {}
+  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+    return {}  # musl, macOS and Windows ignore these variables.
   return {k: v for k, v in SETTINGS.items() if k not in os.environ}
 
 
-def ensure() -> None:
-  """Re-executes this very command (same PID) with the settings, unless it has them."""
+def ensure(default_on: bool = False) -> None:
+  """Re-executes this very command (same PID) with the settings, when they are switched on
+  (CONVAE_MALLOC_TUNING=1, or unset and `default_on`) and the process lacks them."""
+  switch = os.environ.get(SWITCH)
+  if not (switch == '1' or (switch is None and default_on)):
+    return
   todo = missing()
   if not todo or not getattr(sys, 'orig_argv', None):
-    return
-  env = {**os.environ, **todo, OPT_OUT: '0'}  # OPT_OUT=0 stops a second re-execution.
+    return  # Once re-executed, nothing is missing: no second re-execution.
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, sys.orig_argv, env)
+  os.execve(sys.executable, sys.orig_argv, {**os.environ, **todo})

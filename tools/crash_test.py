@@ -146,9 +146,9 @@ def main():
   parser.add_argument('--kills', type=int, default=10)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--workdir', default='/tmp/convae_crash_test')
-  parser.add_argument('--min_delay', type=float, default=10.0,
+  parser.add_argument('--min_delay', type=float, default=8.0,
                       help='Seconds after a launch before its kill, at least (startup included).')
-  parser.add_argument('--max_delay', type=float, default=30.0)
+  parser.add_argument('--max_delay', type=float, default=20.0)
   parser.add_argument('launch_args', nargs='*',
                       help=f'launch.py flags after --; default: {" ".join(DEFAULT_ARGS)}')
   options = parser.parse_args()
