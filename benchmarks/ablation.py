@@ -10,9 +10,7 @@ median images/s. Settings, cumulative from the top:
   + malloc         glibc malloc settings of convae_jax/malloc_env.py (CONVAE_MALLOC_TUNING=1)
   + pool           max pooling as reshape-and-max (layers.max_pool)
   + deconv         k2s2 transposed conv as one matrix product + depth-to-space
-                   (layers.PatchConvTranspose)
-  + selu order     SELU after pooling instead of before (SELU is increasing: same function):
-                   the model as shipped
+                   (layers.PatchConvTranspose): the model as shipped
   + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
   + no ynn         the shipped model with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
                    (YNNPACK fusions off): tried, not kept
@@ -26,14 +24,13 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = ('pool', 'deconv', 'order', 'conv')  # Formulations, in the order they are switched on.
-SHIPPED = ('pool', 'deconv', 'order')
+LAYERS = ('pool', 'deconv', 'conv')  # Formulations, in the order they are switched on.
+SHIPPED = ('pool', 'deconv')
 SETTINGS = [  # (name, malloc settings on, our layers on, YNNPACK fusions off)
     ('flax layers', False, (), False),
     ('+ malloc', True, (), False),
     ('+ pool', True, ('pool',), False),
-    ('+ deconv', True, ('pool', 'deconv'), False),
-    ('+ selu order (shipped)', True, SHIPPED, False),
+    ('+ deconv (shipped)', True, SHIPPED, False),
     ('+ patch conv', True, LAYERS, False),
     ('shipped + no ynn', True, SHIPPED, True),
 ]
@@ -89,18 +86,6 @@ def use_layers(keep: tuple[str, ...]) -> None:
 
   if 'pool' not in keep:
     layers.max_pool = lambda x, window=2: nn.max_pool(x, (window, window), (window, window))
-  if 'order' not in keep:
-    from convae_jax.models import cae  # pylint: disable=g-import-not-at-top
-
-    class SeluThenPoolEncoder(cae.ConvEncoder):  # The seed's order.
-      @nn.compact
-      def __call__(self, x):
-        for i, width in enumerate(self.features):
-          x = layers.torch_conv(width, x.shape[-1], kernel_size=3, padding=1,
-                                name=f'conv{i + 1}')(x)
-          x = layers.max_pool(nn.selu(x), 2)
-        return x
-    cae.ConvEncoder = SeluThenPoolEncoder
   if 'conv' in keep:
     patch_conv = define_patch_conv()
 
