@@ -145,9 +145,9 @@ def reconstruct(args, trained) -> None:
                                     recursive=args.recursive, say=_note):
     original = image.pixels.astype(np.float32) / 255.0
     reconstruction = trained.reconstruct(original)
-    recon_pixels = image_io.to_uint8(reconstruction)
-    image_io.save_png(image.pixels, os.path.join(out, f'{image.name}_original.png'))
-    image_io.save_png(recon_pixels, os.path.join(out, f'{image.name}_reconstruction.png'))
+    recon_pixels = image_grid.to_uint8(reconstruction)
+    image_grid.save_png(image.pixels, os.path.join(out, f'{image.name}_original.png'))
+    image_grid.save_png(recon_pixels, os.path.join(out, f'{image.name}_reconstruction.png'))
     mse, psnr = _psnr(reconstruction, original)
     h, w = image.pixels.shape[:2]
     rows.append({'name': image.name, 'source': os.path.abspath(image.path), 'height': h,
@@ -161,7 +161,7 @@ def reconstruct(args, trained) -> None:
     raise _no_readable_image(args.inputs)
   mean_psnr = float(np.mean([r['psnr'] for r in rows]))
   print(f'{f"mean over {len(rows)} images":<32} {"":>11} {mean_psnr:>10.2f}')
-  image_io.save_png(image_io.pairs_grid(thumbs), os.path.join(out, 'grid.png'))
+  image_grid.save_png(image_io.pairs_grid(thumbs), os.path.join(out, 'grid.png'))
   _write_json(os.path.join(out, 'psnr.json'),
               {'workdir': trained.workdir, 'step': trained.step, 'model': trained.name,
                'mean_psnr': mean_psnr, 'images': rows})
@@ -219,7 +219,7 @@ def decode(args, trained) -> None:
           f'{written_by[1]}; decoding with {trained.name!r} at step {trained.step}')
   for i, name in enumerate(names):
     image = trained.decode(contents[f'latent_{i}'], size=contents['sizes'][i])
-    image_io.save_png(image, os.path.join(out, f'{name}.png'))
+    image_grid.save_png(image, os.path.join(out, f'{name}.png'))
   print(f'wrote {len(names)} images to {out}')
 
 
@@ -227,8 +227,8 @@ def sample(args, trained) -> None:
   samples = trained.sample(args.num, args.seed, args.height, args.width)
   out = _output_dir(args.output, [])
   for i, image in enumerate(samples):
-    image_io.save_png(image, os.path.join(out, f'sample_{i:03d}.png'))
-  image_io.save_png(image_grid.tile(samples), os.path.join(out, 'grid.png'))
+    image_grid.save_png(image, os.path.join(out, f'sample_{i:03d}.png'))
+  image_grid.save_png(image_grid.tile(samples), os.path.join(out, 'grid.png'))
   print(f'wrote {len(samples)} samples of {samples.shape[1]}x{samples.shape[2]} and grid.png '
         f'to {out}')
 
@@ -249,8 +249,8 @@ def interpolate(args, trained) -> None:
   path = trained.interpolate(images[0].pixels, images[1].pixels, args.steps)
   out = _output_dir(out_dir, args.inputs)
   for i, image in enumerate(path):
-    image_io.save_png(image, os.path.join(out, f'interpolation_{i:02d}.png'))
-  image_io.save_png(image_grid.tile(path, columns=len(path)), os.path.join(out, 'grid.png'))
+    image_grid.save_png(image, os.path.join(out, f'interpolation_{i:02d}.png'))
+  image_grid.save_png(image_grid.tile(path, columns=len(path)), os.path.join(out, 'grid.png'))
   print(f'wrote {len(path)} images from {images[0].name} to {images[1].name} and grid.png '
         f'to {out}')
 

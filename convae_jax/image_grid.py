@@ -5,6 +5,11 @@ import numpy as np
 from PIL import Image
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Floats in [0, 1] -> uint8 pixels, rounded to nearest."""
+  return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def tile(images: np.ndarray, columns: int = 8, border: int = 2) -> np.ndarray:
   """uint8 [rows*(H+b)+b, columns*(W+b)+b, C] grid of [N, H, W, C] floats in [0, 1]."""
   n, h, w, c = images.shape
@@ -15,7 +20,7 @@ def tile(images: np.ndarray, columns: int = 8, border: int = 2) -> np.ndarray:
     r, col = divmod(i, columns)
     top, left = r * (h + border) + border, col * (w + border) + border
     grid[top:top + h, left:left + w] = images[i]
-  return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  return to_uint8(grid)
 
 
 def side_by_side_grid(originals: np.ndarray, reconstructions: np.ndarray,
@@ -25,5 +30,8 @@ def side_by_side_grid(originals: np.ndarray, reconstructions: np.ndarray,
 
 
 def save_png(image: np.ndarray, path: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  """Writes uint8 [H, W, C] pixels (floats in [0, 1] are converted) as a PNG."""
+  if image.dtype != np.uint8:
+    image = to_uint8(image)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)

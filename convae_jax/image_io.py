@@ -19,7 +19,6 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
-from convae_jax import image_grid
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
@@ -204,18 +203,6 @@ def check_output_dir(output_dir: str, inputs: Iterable[str]) -> None:
       raise ValueError(f'--output {output_dir} is {"" if out == folder else "inside "}the folder '
                        f'of input {entry}; choose a folder apart from the inputs so that none '
                        'is ever overwritten')
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Floats in [0, 1] -> uint8, rounded as the training pictures are."""
-  return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def save_png(pixels: np.ndarray, path: str) -> None:
-  """Writes uint8 [H, W, C] pixels (floats in [0, 1] are converted) as a PNG."""
-  if pixels.dtype != np.uint8:
-    pixels = to_uint8(pixels)
-  image_grid.save_png(pixels, path)
 
 
 def pairs_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cell: int = 128,

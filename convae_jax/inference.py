@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from convae_jax import checkpointing, models, train
+from convae_jax import checkpointing, metrics, models, train
 
 
 class UsageError(ValueError):
@@ -202,8 +202,8 @@ class TrainedModel:
     return (images * (high - low) + low).astype(np.float32)
 
   def _to_unit(self, outputs, size: tuple[int, int] | None = None) -> np.ndarray:
-    low, high = self.input_range
-    images = np.clip((np.asarray(outputs, np.float32) - low) / (high - low), 0.0, 1.0)
+    images = np.clip(metrics.to_unit_range(np.asarray(outputs, np.float32), self.input_range),
+                     0.0, 1.0)
     return images if size is None else images[:, :size[0], :size[1]]
 
   @staticmethod

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import photos
-from convae_jax import checkpointing, cli, image_io, inference, models, train
+from convae_jax import checkpointing, cli, image_grid, image_io, inference, models, train
 from convae_jax import workdir as workdir_lib
 
 from conftest import tiny
@@ -148,7 +148,7 @@ def test_reconstructs_a_folder_at_original_sizes_and_skips_bad_files(reconstruct
     assert sum(line.startswith(said) for line in lines) == 1, stderr
   # What was written is the API's reconstruction of what was read.
   odd = _read(out / 'odd_original.png').astype(np.float32) / 255
-  np.testing.assert_array_equal(image_io.to_uint8(cae.reconstruct(odd)),
+  np.testing.assert_array_equal(image_grid.to_uint8(cae.reconstruct(odd)),
                                 _read(out / 'odd_reconstruction.png'))
 
 
@@ -195,8 +195,8 @@ def test_encode_then_decode_gives_the_reconstructions(reconstructed, cae_workdir
   assert recon.shape == x.shape and 0 <= recon.min() and recon.max() <= 1
   np.testing.assert_array_equal(cae.decode(cae.encode(x), size=(37, 50)), recon)
   np.testing.assert_array_equal(cae.reconstruct(x[0]), recon[0])
-  np.testing.assert_array_equal(cae.reconstruct(image_io.to_uint8(x)),
-                                cae.reconstruct(image_io.to_uint8(x).astype(np.float32) / 255))
+  np.testing.assert_array_equal(cae.reconstruct(image_grid.to_uint8(x)),
+                                cae.reconstruct(image_grid.to_uint8(x).astype(np.float32) / 255))
 
 
 def test_sides_that_divide_need_no_padding(cae):
