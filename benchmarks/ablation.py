@@ -8,12 +8,16 @@ Each setting runs in a fresh process (malloc settings are read at process start)
 median images/s. Settings, cumulative from the top:
   flax layers      nn.Conv, nn.max_pool, nn.ConvTranspose: the straightforward port
   + malloc         glibc malloc settings of convae_jax/malloc_env.py (CONVAE_MALLOC_TUNING=1)
-  + pool           max pooling as reshape-and-max (layers.max_pool)
+  + pool           max pooling as an elementwise max of the window's strided views, with a
+                   custom gradient (layers.max_pool)
   + deconv         k2s2 transposed conv as one matrix product + depth-to-space
-                   (layers.PatchConvTranspose): the model as shipped
+                   (layers.PatchConvTranspose)
+  + tap-sum conv   the 3-channel first conv's forward pass as 27 fused multiply-adds
+                   (layers.Conv with few input channels): the model as shipped
   + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
-  + no ynn         the shipped model with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+  shipped + no ynn the shipped model with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
                    (YNNPACK fusions off): tried, not kept
+All settings pool before SELU, as the model does (the same function: SELU is increasing).
 Run it on an otherwise idle machine.
 """
 import argparse
@@ -24,13 +28,14 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = ('pool', 'deconv', 'conv')  # Formulations, in the order they are switched on.
-SHIPPED = ('pool', 'deconv')
+LAYERS = ('pool', 'deconv', 'tapsum', 'conv')  # Formulations, in the order they are switched on.
+SHIPPED = ('pool', 'deconv', 'tapsum')
 SETTINGS = [  # (name, malloc settings on, our layers on, YNNPACK fusions off)
     ('flax layers', False, (), False),
     ('+ malloc', True, (), False),
     ('+ pool', True, ('pool',), False),
-    ('+ deconv (shipped)', True, SHIPPED, False),
+    ('+ deconv', True, ('pool', 'deconv'), False),
+    ('+ tap-sum conv (shipped)', True, SHIPPED, False),
     ('+ patch conv', True, LAYERS, False),
     ('shipped + no ynn', True, SHIPPED, True),
 ]
@@ -86,6 +91,8 @@ def use_layers(keep: tuple[str, ...]) -> None:
 
   if 'pool' not in keep:
     layers.max_pool = lambda x, window=2: nn.max_pool(x, (window, window), (window, window))
+  if 'tapsum' not in keep:
+    layers.TAP_SUM_MAX_IN_FEATURES = 0  # Every conv through lax.conv, as nn.Conv.
   if 'conv' in keep:
     patch_conv = define_patch_conv()
 

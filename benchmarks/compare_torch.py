@@ -97,14 +97,14 @@ def main():
   result = {
       'batch_size': args.batch_size, 'torch_mode': args.torch_mode,
       'torch_images_per_sec': round(rates['torch'], 1),
-      'jax_images_per_sec': round(rates['jax'], 1),
+      'jax_images_per_sec': round(rates['jax'], 1), 'jax_devices': jax.local_device_count(),
       'ratio_jax_over_torch': round(rates['jax'] / rates['torch'], 3),
       'torch': torch.__version__, 'jax': jax.__version__, 'torch_threads': torch.get_num_threads(),
       'env': {k: os.environ.get(k) for k in ('XLA_FLAGS', 'MALLOC_ARENA_MAX', 'MALLOC_TOP_PAD_',
                                              'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')},
   }
   print(f'batch {args.batch_size}: PyTorch ({args.torch_mode}) {result["torch_images_per_sec"]} '
-        f'img/s, JAX {result["jax_images_per_sec"]} img/s, ratio {result["ratio_jax_over_torch"]}')
+        f'img/s, JAX ({result["jax_devices"]} devices) {result["jax_images_per_sec"]} img/s, ratio {result["ratio_jax_over_torch"]}')
   with open(args.output, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
 

@@ -78,3 +78,30 @@ def test_benchmarked_patch_conv_matches_flax_conv(kernel_size, padding):
   ours = jax.grad(loss(layer), argnums=(0, 1))(params, x)
   theirs = jax.grad(loss(reference), argnums=(0, 1))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)
+
+
+def test_max_pool_gradient_matches_flax_including_ties():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 12, 5))
+  # Ties inside windows: two and three equal maxima (the first one takes the gradient).
+  x = x.at[1, 2, 2, 3].set(9.0).at[1, 2, 3, 3].set(9.0)
+  x = x.at[0, 4, 5, 0].set(7.0).at[0, 5, 4, 0].set(7.0).at[0, 5, 5, 0].set(7.0)
+  weights = jax.random.normal(jax.random.key(1), (2, 4, 6, 5))
+  loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(x)) * weights)
+  ours = jax.grad(loss(layers.max_pool))(x)
+  np.testing.assert_array_equal(ours, jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x))
+  assert ours[1, 2, 2, 3] != 0 and ours[1, 2, 3, 3] == 0 and ours[0, 4, 5, 0] != 0
+
+
+@pytest.mark.parametrize('in_features,kernel_size,padding', [(3, 3, 1), (1, 3, 0), (8, 3, 1)])
+def test_conv_matches_flax_conv(in_features, kernel_size, padding):
+  # Few input channels take the tap-sum forward pass, more take lax.conv: both are nn.Conv.
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, in_features))
+  layer = layers.Conv(6, kernel_size, padding)
+  params = layer.init(jax.random.key(1), x)
+  reference = nn.Conv(6, (kernel_size, kernel_size), padding=padding)
+  np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  ours = jax.grad(loss(layer), argnums=(0, 1))(params, x)
+  theirs = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)

@@ -1,6 +1,7 @@
 """The seed convolutional autoencoder (a Flax port of the PyTorch CIFAR-10 model).
 
 encoder: conv3x3(16) -> SELU -> maxpool2 -> conv3x3(32) -> SELU -> maxpool2   (HxW -> H/4xW/4)
+(computed as conv -> maxpool -> SELU: the same function, since SELU is increasing)
 decoder: convT2x2/2(16) -> ReLU -> convT2x2/2(3) -> Sigmoid                  (back to HxW)
 Fully convolutional: any H, W divisible by 4. NHWC throughout.
 """
@@ -19,7 +20,8 @@ class ConvEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.features):
       x = layers.torch_conv(width, x.shape[-1], kernel_size=3, padding=1, name=f'conv{i + 1}')(x)
-      x = layers.max_pool(nn.selu(x), 2)
+      # Pooling before SELU is the same function (SELU is increasing) on 4x fewer values.
+      x = nn.selu(layers.max_pool(x, 2))
     return x
 
 
