@@ -44,40 +44,30 @@ NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
 def define_patch_conv():
   """The candidate conv formulation (not in the shared layers: it did not pay here)."""
-  from typing import Callable  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from convae_jax.models import layers  # pylint: disable=g-import-not-at-top
 
-  class PatchConv(nn.Module):
+  class PatchConv(layers.Conv):
     """Stride-1 convolution as one matrix product over k x k patches (im2col).
 
-    Same function and parameters as `nn.Conv(features, (k, k), padding=padding)` (kernel
-    [k, k, in, out], bias [out]). With few input channels XLA:CPU's convolution runs far below
-    the matrix-product speed; gathering the k*k shifted views into the channel axis turns the
-    layer into one [N*H*W, k*k*in] x [k*k*in, out] product, forward and backward. (Measured:
-    slower than nn.Conv in the whole train step here; README.md "Performance".)
+    Same function and parameters as `nn.Conv(features, (k, k), padding=padding)`. With few
+    input channels XLA:CPU's convolution runs far below the matrix-product speed; gathering
+    the k*k shifted views into the channel axis turns the layer into one
+    [N*H*W, k*k*in] x [k*k*in, out] product, forward and backward. (Measured: slower than
+    nn.Conv in the whole train step here; README.md "Performance".)
     """
-    features: int
-    kernel_size: int = 3
-    padding: int = 1
-    kernel_init: Callable = nn.initializers.lecun_normal()
-    bias_init: Callable = nn.initializers.zeros_init()
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def convolve(self, x, kernel):
       n, h, w, c = x.shape
       k, p = self.kernel_size, self.padding
-      kernel = self.param('kernel', self.kernel_init, (k, k, c, self.features))
-      bias = self.param('bias', self.bias_init, (self.features,))
       if k == 1 and p == 0:
-        return jnp.dot(x, kernel[0, 0]) + bias
+        return jnp.dot(x, kernel[0, 0])
       x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
       out_h, out_w = h + 2 * p - k + 1, w + 2 * p - k + 1
       # Channel order (a, b, c) matches kernel.reshape(k * k * c, out).
       patches = jnp.concatenate([x[:, a:a + out_h, b:b + out_w, :]
                                  for a in range(k) for b in range(k)], axis=-1)
-      return jnp.dot(patches, kernel.reshape(k * k * c, self.features)) + bias
+      return jnp.dot(patches, kernel.reshape(k * k * c, self.features))
 
   return PatchConv
 

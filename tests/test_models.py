@@ -64,11 +64,15 @@ def test_patch_conv_transpose_matches_lax_conv_transpose():
   np.testing.assert_allclose(layer.apply(variables, x), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('kernel_size,padding', [(3, 1), (1, 0), (3, 0), (5, 2)])
-def test_benchmarked_patch_conv_matches_flax_conv(kernel_size, padding):
-  # benchmarks/ablation.py times this candidate against nn.Conv: it must be the same function.
-  x = jax.random.normal(jax.random.key(0), (2, 9, 7, 5))
-  layer = ablation.define_patch_conv()(6, kernel_size, padding)
+@pytest.mark.parametrize('in_features,kernel_size,padding',
+                         [(3, 3, 1), (1, 3, 0), (5, 1, 0), (5, 3, 0), (8, 5, 2)])
+@pytest.mark.parametrize('conv', ['shipped', 'benchmarked_patch_conv'])
+def test_conv_matches_flax_conv(conv, in_features, kernel_size, padding):
+  # layers.Conv: few input channels take the tap-sum forward pass, more take lax.conv.
+  # benchmarks/ablation.py times its patch conv against nn.Conv: it must be the same function.
+  module = layers.Conv if conv == 'shipped' else ablation.define_patch_conv()
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, in_features))
+  layer = module(6, kernel_size, padding)
   params = layer.init(jax.random.key(1), x)
   reference = nn.Conv(6, (kernel_size, kernel_size), padding=padding)
   np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
@@ -91,17 +95,3 @@ def test_max_pool_gradient_matches_flax_including_ties():
   np.testing.assert_array_equal(ours, jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x))
   assert ours[1, 2, 2, 3] != 0 and ours[1, 2, 3, 3] == 0 and ours[0, 4, 5, 0] != 0
 
-
-@pytest.mark.parametrize('in_features,kernel_size,padding', [(3, 3, 1), (1, 3, 0), (8, 3, 1)])
-def test_conv_matches_flax_conv(in_features, kernel_size, padding):
-  # Few input channels take the tap-sum forward pass, more take lax.conv: both are nn.Conv.
-  x = jax.random.normal(jax.random.key(0), (2, 9, 7, in_features))
-  layer = layers.Conv(6, kernel_size, padding)
-  params = layer.init(jax.random.key(1), x)
-  reference = nn.Conv(6, (kernel_size, kernel_size), padding=padding)
-  np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
-                             rtol=1e-5, atol=1e-5)
-  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-  ours = jax.grad(loss(layer), argnums=(0, 1))(params, x)
-  theirs = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)

@@ -110,12 +110,15 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    k, in_features = self.kernel_size, x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (k, k, in_features, self.features))
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
     bias = self.param('bias', self.bias_init, (self.features,))
-    if in_features <= TAP_SUM_MAX_IN_FEATURES:
-      return _tap_sum_conv(x, kernel, self.padding) + bias
-    return _lax_conv(x, kernel, self.padding) + bias
+    return self.convolve(x, kernel) + bias
+
+  def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    if x.shape[-1] <= TAP_SUM_MAX_IN_FEATURES:
+      return _tap_sum_conv(x, kernel, self.padding)
+    return _lax_conv(x, kernel, self.padding)
 
 
 def torch_conv(features: int, in_features: int, kernel_size: int = 3, padding: int = 1,
