@@ -30,7 +30,7 @@ from configs import cifar  # pylint: disable=wrong-import-position
 from convae_jax import metrics, models, train  # pylint: disable=wrong-import-position
 
 
-def make_step(variant: str, batch_size: int, devices):
+def make_step(variant: str, batch_size: int, devices, micro_batches: int = 1):
   """(step function, replicated state, device batch) of the trainer's own train step."""
   config = cifar.get_config(variant)
   model = models.create_model(config.model)
@@ -38,7 +38,8 @@ def make_step(variant: str, batch_size: int, devices):
                                    (32, 32, 3))
   names = train._metric_names(model, (32, 32, 3))  # pylint: disable=protected-access
   step = jax.pmap(functools.partial(train.train_step, model=model,
-                                    metrics_cls=metrics.train_collection(names)),
+                                    metrics_cls=metrics.train_collection(names),
+                                    micro_batches=micro_batches),
                   axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
   images = np.random.default_rng(0).uniform(
       size=(len(devices), batch_size // len(devices), 32, 32, 3)).astype(np.float32)
@@ -56,9 +57,10 @@ def time_windows(run_steps, steps: int, windows: int) -> list[float]:
   return times
 
 
-def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: int) -> dict:
+def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: int,
+              micro_batches: int = 1) -> dict:
   devices = jax.local_devices()
-  step, state, batch = make_step(variant, batch_size, devices)
+  step, state, batch = make_step(variant, batch_size, devices, micro_batches)
   rng = jax.random.key(1)
   holder = {'state': state}
 
@@ -74,7 +76,8 @@ def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: i
   run_steps(warmup)
   seconds = statistics.median(time_windows(run_steps, steps, windows))
   return {'model': variant, 'batch_size': batch_size, 'compile_s': round(compile_s, 2),
-          'images_per_sec': round(steps * batch_size / seconds, 1), 'devices': len(devices)}
+          'images_per_sec': round(steps * batch_size / seconds, 1), 'devices': len(devices),
+          'micro_batches': micro_batches}
 
 
 def main():
@@ -84,13 +87,15 @@ def main():
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=10)
+  parser.add_argument('--micro_batches', type=int, default=1, help='config.micro_batches')
   parser.add_argument('--output', default='train_step.json')
   args = parser.parse_args()
   results = []
   print(f'{"model":>10} {"batch":>6} {"compile s":>10} {"images/s":>10}')
   for variant in args.models.split(','):
     for batch_size in map(int, args.batch_sizes.split(',')):
-      r = benchmark(variant, batch_size, args.steps, args.windows, args.warmup)
+      r = benchmark(variant, batch_size, args.steps, args.windows, args.warmup,
+                    args.micro_batches)
       results.append(r)
       print(f'{variant:>10} {batch_size:>6} {r["compile_s"]:>10} {r["images_per_sec"]:>10}',
             flush=True)

@@ -17,7 +17,7 @@ KEYS = {
     'num_epochs': (float, int), 'num_train_steps': (int,), 'eval_batch_size': (int,),
     'log_every_steps': (int,), 'eval_every_steps': (int,), 'checkpoint_every_steps': (int,),
     'max_to_keep': (int,), 'num_grid_images': (int,), 'profile_num_steps': (int,),
-    'seed': (int,), 'on_non_finite': (str,),
+    'seed': (int,), 'on_non_finite': (str,), 'micro_batches': (int,),
 }
 
 
@@ -68,7 +68,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(f'config.model: {e}') from None
 
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
-              'checkpoint_every_steps', 'max_to_keep'):
+              'checkpoint_every_steps', 'max_to_keep', 'micro_batches'):
     _check_positive(config, key)
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
     raise ConfigError(f'config.num_train_steps={config.num_train_steps} and '
@@ -81,6 +81,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     if config[key] % num_devices:
       raise ConfigError(f'config.{key}={config[key]} does not divide over {num_devices} '
                         f'devices{where}; use a multiple of {num_devices}')
+  if (config.batch_size // num_devices) % config.micro_batches:
+    raise ConfigError(f'config.micro_batches={config.micro_batches} does not divide the '
+                      f'{config.batch_size // num_devices} images per device; use a divisor')
   if config.optimizer not in OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
                       f'{", ".join(OPTIMIZERS)}')

@@ -66,20 +66,32 @@ def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
 
 
 def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
-               metrics_cls, skip_non_finite: bool = False) -> tuple[TrainState, Any]:
+               metrics_cls, skip_non_finite: bool = False,
+               micro_batches: int = 1) -> tuple[TrainState, Any]:
   """One optimizer step on this device's share of the global batch (inside pmap).
 
   A step whose loss or gradients are not finite is flagged in the metrics; with
-  `skip_non_finite` its update is dropped (the step counter still advances).
+  `skip_non_finite` its update is dropped (the step counter still advances). With
+  `micro_batches` > 1 the share is split into that many equal parts whose losses, gradients
+  and model state are averaged: the parts are independent in the compiled step, so XLA:CPU,
+  which runs each convolution on one core, runs them side by side.
   """
+  step_rngs = _step_rngs(model, base_rng, state.step)
 
-  def loss_fn(params):
-    output, model_state = _apply(model, state, params, images, train=True,
-                                 rngs=_step_rngs(model, base_rng, state.step))
-    loss = sum(jnp.mean(term) for term in output.losses.values())
-    return loss, (output, model_state)
+  def loss_fn(params, images, rngs):
+    output, model_state = _apply(model, state, params, images, train=True, rngs=rngs)
+    terms = {name: jnp.mean(term) for name, term in output.losses.items()}
+    values = {f'loss_{name}': term for name, term in terms.items()}
+    values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
+    return sum(terms.values()), (values, model_state)
 
-  (loss, (output, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  parts = []
+  for i, part in enumerate(jnp.split(images, micro_batches)):
+    rngs = step_rngs if i == 0 else {k: jax.random.fold_in(r, i) for k, r in step_rngs.items()}
+    parts.append(jax.value_and_grad(loss_fn, has_aux=True)(state.params, part, rngs))
+  mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
+  (loss, (values, model_state)), grads = jax.tree.map(
+      lambda *xs: mean(*xs) if jnp.issubdtype(xs[0].dtype, jnp.inexact) else xs[0], *parts)
   grads = jax.lax.pmean(grads, axis_name='batch')
   # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
   model_state = jax.tree.map(
@@ -92,10 +104,7 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   if skip_non_finite:
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     new_state = kept.replace(step=new_state.step)
-  values = {'loss': loss, 'grad_norm': grad_norm,
-            'param_norm': optax.global_norm(new_state.params)}
-  values.update({f'loss_{name}': jnp.mean(term) for name, term in output.losses.items()})
-  values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
+  values.update(loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params))
   values.update(non_finite_loss=1.0 - loss_finite, non_finite_grads=1.0 - jnp.isfinite(grad_norm),
                 first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0))
   # Skipped steps don't pollute the averages; the non_finite_* flags count every step.
@@ -223,7 +232,8 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
   train_metrics_cls = metrics.train_collection(model_names)
   p_train_step = jax.pmap(
       functools.partial(train_step, model=model, metrics_cls=train_metrics_cls,
-                        skip_non_finite=config.on_non_finite == 'skip'),
+                        skip_non_finite=config.on_non_finite == 'skip',
+                        micro_batches=config.micro_batches),
       axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
   p_eval_step = make_p_eval_step(model, input_range, model_names)
   pictures = jax.jit(lambda variables, x: model.apply(

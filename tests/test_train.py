@@ -36,6 +36,30 @@ def test_overfits_one_batch(cifar_config):
   assert losses[-1] < 0.2 * losses[0], losses[::30]
 
 
+@pytest.mark.parametrize('variant', ['cae', 'vqvae'])
+def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
+  # Two parts of 4 images give the step of all 8 at once: same loss, same new parameters
+  # (and, for the VQ-VAE, the EMA codebook state averaged as over devices).
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  config = cifar_config(model=cifar.get_config(variant).model)
+  model = models.create_model(config.model)
+  state = flax.jax_utils.replicate(train.create_train_state(
+      model, train.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+  metrics_cls = metrics.averages_collection(['loss'])
+  images = np.random.default_rng(0).uniform(size=(4, 8, 32, 32, 3)).astype(np.float32)
+  results = []
+  for micro_batches in (1, 2):
+    step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls,
+                                      micro_batches=micro_batches),
+                    axis_name='batch', in_axes=(0, 0, None))
+    new_state, update = step(state, images, jax.random.key(1))
+    results.append((new_state, float(flax.jax_utils.unreplicate(update).compute()['loss'])))
+  (whole, whole_loss), (parts, parts_loss) = results
+  np.testing.assert_allclose(parts_loss, whole_loss, rtol=1e-5)
+  _params_allclose(parts.params, whole.params, rtol=1e-4, atol=1e-6)
+  assert not np.array_equal(jax.tree.leaves(parts.params)[0], jax.tree.leaves(state.params)[0])
+
+
 def test_trains_evaluates_and_counts_every_eval_image_once(cifar_config, tmp_path):
   # 20 eval images, eval batch 8: the last batch holds 4 images and 4 of padding.
   config = cifar_config()
@@ -76,6 +100,7 @@ def test_resume_continues_to_the_same_parameters(cifar_config, tmp_path):
 
 
 @pytest.mark.parametrize('overrides,message', [
+    ({'micro_batches': 3}, 'config.micro_batches=3 does not divide'),
     (dict(input_range=(-1.0, 1.0)), r'config.input_range=\(-1.0, 1.0\) lies outside .*\(0.0, 1.0\)'),
     (dict(batch_size=6), r'config.batch_size=6 does not divide over 4 devices'),
     (dict(eval_every_steps=0), r'config.eval_every_steps=0: must be a positive integer'),
