@@ -149,8 +149,8 @@ def evaluate_split(p_eval_step, state: TrainState, split: input_pipeline.Split, 
   return {k: float(v) for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
 
 
-def _metric_names(model, image_shape) -> tuple[list[str], list[str]]:
-  """Names of the model's loss terms and metrics, read off its output structure."""
+def _metric_names(model, image_shape) -> list[str]:
+  """Names of the model's loss terms (as 'loss_NAME') and metrics, read off its output."""
   rngs = lambda: {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
   images = jnp.zeros((1,) + image_shape)
   variables = jax.eval_shape(lambda: model.init(rngs(), images, train=False))
