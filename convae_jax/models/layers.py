@@ -79,7 +79,7 @@ def _tap_sum_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
   pass is the convolution's own (its kernel gradient is an ordinary large contraction).
   """
   k = kernel.shape[0]
-  n, h, w, c = x.shape
+  _, h, w, c = x.shape
   out_h, out_w = h + 2 * padding - k + 1, w + 2 * padding - k + 1
   x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   taps = [x[:, a:a + out_h, b:b + out_w, i:i + 1] * kernel[a, b, i]
