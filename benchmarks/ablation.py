@@ -14,8 +14,11 @@ median images/s. Settings, cumulative from the top:
                    (layers.PatchConvTranspose)
   + tap-sum conv   the 3-channel first conv's forward pass as 27 fused multiply-adds
                    (layers.Conv with few input channels): the model as shipped
+  + 512-bit        XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (convae_jax/xla_cpu_flags.py,
+                   which launch.py applies on AVX-512 CPUs): the default setup as shipped
+  + 4 micro-batches  config.micro_batches=4, which the README advises on CPU
   + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
-  shipped + no ynn the shipped model with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+  shipped + no ynn the shipped model and flags plus --xla_cpu_experimental_ynn_fusion_type=
                    (YNNPACK fusions off): tried, not kept
 All settings pool before SELU, as the model does (the same function: SELU is increasing).
 Run it on an otherwise idle machine.
@@ -26,20 +29,34 @@ import os
 import statistics
 import subprocess
 import sys
+from typing import NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ('pool', 'deconv', 'tapsum', 'conv')  # Formulations, in the order they are switched on.
 SHIPPED = ('pool', 'deconv', 'tapsum')
-SETTINGS = [  # (name, malloc settings on, our layers on, YNNPACK fusions off)
-    ('flax layers', False, (), False),
-    ('+ malloc', True, (), False),
-    ('+ pool', True, ('pool',), False),
-    ('+ deconv', True, ('pool', 'deconv'), False),
-    ('+ tap-sum conv (shipped)', True, SHIPPED, False),
-    ('+ patch conv', True, LAYERS, False),
-    ('shipped + no ynn', True, SHIPPED, True),
-]
+WIDE = '--xla_cpu_prefer_vector_width=512'  # What convae_jax/xla_cpu_flags.py adds.
 NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
+
+
+class Setting(NamedTuple):
+  name: str
+  malloc: bool  # The glibc malloc settings.
+  keep: tuple[str, ...]  # Our layer formulations switched on.
+  xla_flags: str = ''
+  micro_batches: int = 1
+
+
+SETTINGS = [
+    Setting('flax layers', False, ()),
+    Setting('+ malloc', True, ()),
+    Setting('+ pool', True, ('pool',)),
+    Setting('+ deconv', True, ('pool', 'deconv')),
+    Setting('+ tap-sum conv', True, SHIPPED),
+    Setting('+ 512-bit (shipped)', True, SHIPPED, WIDE),
+    Setting('+ 4 micro-batches', True, SHIPPED, WIDE, 4),
+    Setting('+ patch conv', True, LAYERS, WIDE),
+    Setting('shipped + no ynn', True, SHIPPED, f'{WIDE} {NO_YNN}'),
+]
 
 
 def define_patch_conv():
@@ -110,24 +127,24 @@ def worker(args) -> None:
   sys.path.insert(0, REPO)
   use_layers(tuple(filter(None, args.keep.split(','))))
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-  result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10)
+  result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10,
+                                micro_batches=args.micro_batches)
   print(json.dumps(result))
 
 
-def run_setting(setting, args) -> dict:
-  name, malloc, keep, no_ynn = setting
+def run_setting(setting: Setting, args) -> dict:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith('MALLOC_') and k != 'XLA_FLAGS'}
   env['CONVAE_MALLOC_TUNING'] = '0'
-  if malloc:
+  if setting.malloc:
     from convae_jax import malloc_env  # pylint: disable=g-import-not-at-top
     env.update(malloc_env.SETTINGS)
-  if no_ynn:
-    env['XLA_FLAGS'] = NO_YNN
+  if setting.xla_flags:
+    env['XLA_FLAGS'] = setting.xla_flags
   out = subprocess.run(
-      [sys.executable, __file__, '--worker', '--keep', ','.join(keep),
+      [sys.executable, __file__, '--worker', '--keep', ','.join(setting.keep),
        '--batch_size', str(args.batch_size), '--steps', str(args.steps),
-       '--windows', str(args.windows)],
+       '--windows', str(args.windows), '--micro_batches', str(setting.micro_batches)],
       env=env, capture_output=True, text=True, check=True, cwd=REPO)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -141,15 +158,16 @@ def main():
   parser.add_argument('--output', default='ablation.json')
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--keep', default='', help=argparse.SUPPRESS)
+  parser.add_argument('--micro_batches', type=int, default=1, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     return worker(args)
 
   sys.path.insert(0, REPO)
-  runs = {name: [] for name, *_ in SETTINGS}
+  runs = {setting.name: [] for setting in SETTINGS}
   for _ in range(args.rounds):
     for setting in SETTINGS:
-      runs[setting[0]].append(run_setting(setting, args))
+      runs[setting.name].append(run_setting(setting, args))
   rows, baseline = [], None
   print(f'{"setting":<22} {"images/s":>9} {"x flax":>7} {"compile s":>10}')
   for name, results in runs.items():

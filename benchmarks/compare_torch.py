@@ -22,10 +22,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from convae_jax import malloc_env  # pylint: disable=wrong-import-position
+from convae_jax import malloc_env, xla_cpu_flags  # pylint: disable=wrong-import-position
 
 if __name__ == '__main__':
   malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
+  xla_cpu_flags.apply()  # As launch.py does.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np

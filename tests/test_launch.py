@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from conftest import run_launch
-from convae_jax import checkpointing, models, train
+from convae_jax import checkpointing, models, train, xla_cpu_flags
 
 
 def _args(workdir, data_dir, steps):
@@ -36,6 +36,10 @@ def test_launch_trains_resumes_and_matches_four_devices(tmp_path, photo_data_dir
   assert os.path.getsize(one / 'images' / 'reconstructions_6.png') > 0
   saved_config = json.load(open(one / 'config.json', encoding='utf-8'))
   assert saved_config['dataset'] == 'photo_patches' and saved_config['num_train_steps'] == 6
+  # launch.py adds its XLA:CPU flags on AVX-512 CPUs, after the ones it was started with.
+  flags_line = next(line for line in result.stderr.splitlines() if 'XLA_FLAGS:' in line)
+  assert '--xla_force_host_platform_device_count=1' in flags_line
+  assert ('--xla_cpu_prefer_vector_width=512' in flags_line) == xla_cpu_flags.cpu_has_avx512()
 
   # The same global batch over 4 devices reaches the same parameters.
   result = run_launch(_args(four, photo_data_dir, 6), devices=4)
