@@ -37,7 +37,7 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
   (a tie sends the gradient to the first maximum in the window, row-major), written for
   XLA:CPU: nn.max_pool's gradient is a select-and-scatter, slow there. The forward pass is an
   elementwise max over the window's strided views, which fuses with the layer before it; it
-  saves only the winner's position, and the backward pass writes each view's gradient.
+  saves only the winner's position, and the backward pass is one elementwise select.
   """
   return functools.reduce(jnp.maximum, _pool_windows(x, window))
 
@@ -48,14 +48,20 @@ def _max_pool_fwd(x, window):
   winner = jnp.full(pooled.shape, len(views) - 1, x.dtype)  # float: compares vectorize.
   for position in reversed(range(len(views) - 1)):  # The first maximum wins.
     winner = jnp.where(views[position] == pooled, float(position), winner)
-  return pooled, winner
+  # XLA fuses cheap elementwise producers into each consumer, so the backward pass would
+  # recompute `winner`, and the layer before the pooling with it, for every output position.
+  # A division counts as expensive to XLA, so this (exact) one makes it store `winner` once.
+  # (A non-finite `pooled` makes the winner NaN: that window's gradient is then zero.)
+  return pooled, winner / (pooled - pooled + 1.0)
 
 
 def _max_pool_bwd(window, winner, grad):
   n, h, w, c = grad.shape
-  rows = [jnp.stack([jnp.where(winner == a * window + b, grad, 0.0) for b in range(window)],
-                    axis=3) for a in range(window)]  # Each [n, h, w, window(b), c].
-  return (jnp.stack(rows, axis=2).reshape(n, h * window, w * window, c),)
+  position = jnp.arange(window * window, dtype=grad.dtype).reshape(1, 1, window, 1, window, 1)
+  # [n, h, window(a), w, window(b), c]: window position a * window + b gets the gradient.
+  routed = jnp.where(winner[:, :, None, :, None, :] == position, grad[:, :, None, :, None, :],
+                     0.0)
+  return (routed.reshape(n, h * window, w * window, c),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
