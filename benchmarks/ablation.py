@@ -19,7 +19,8 @@ median images/s. Settings, cumulative from the top:
   + 4 micro-batches  config.micro_batches=4, which the README advises on CPU
   + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
   shipped + no ynn the shipped model and flags plus --xla_cpu_experimental_ynn_fusion_type=
-                   (YNNPACK fusions off): tried, not kept
+                   (an empty list, which is already the flag's default in jax 0.10.2: this
+                   row repeats the shipped one and shows the run-to-run noise)
 All settings pool before SELU, as the model does (the same function: SELU is increasing).
 Run it on an otherwise idle machine.
 """

@@ -28,7 +28,8 @@ def main():
   parser.add_argument('--data_dir', required=True)
   parser.add_argument('--num_train_steps', type=int, default=1200)
   parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--extra', nargs='*', default=[], help='More --config.KEY=VALUE flags.')
+  parser.add_argument('--extra', action='append', default=[],
+                      help='One more --config.KEY=VALUE flag (repeat: --extra=A --extra=B).')
   parser.add_argument('--malloc_tuning', default='1', choices=['0', '1'],
                       help='CONVAE_MALLOC_TUNING for the run (1: as benchmarks/train_step.py).')
   parser.add_argument('--output', default='launch_run.json')
