@@ -33,9 +33,13 @@ import sys
 from typing import NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from convae_jax import xla_cpu_flags  # pylint: disable=wrong-import-position
+
 LAYERS = ('pool', 'deconv', 'tapsum', 'conv')  # Formulations, in the order they are switched on.
 SHIPPED = ('pool', 'deconv', 'tapsum')
-WIDE = '--xla_cpu_prefer_vector_width=512'  # What convae_jax/xla_cpu_flags.py adds.
+WIDE = ' '.join(xla_cpu_flags.flag_strings())  # What launch.py adds on AVX-512 CPUs.
 NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
 
@@ -125,7 +129,6 @@ def use_layers(keep: tuple[str, ...]) -> None:
 
 def worker(args) -> None:
   """One setting, in this process: prints a JSON line {images_per_sec, compile_s}."""
-  sys.path.insert(0, REPO)
   use_layers(tuple(filter(None, args.keep.split(','))))
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10,
@@ -164,7 +167,6 @@ def main():
   if args.worker:
     return worker(args)
 
-  sys.path.insert(0, REPO)
   runs = {setting.name: [] for setting in SETTINGS}
   for _ in range(args.rounds):
     for setting in SETTINGS:

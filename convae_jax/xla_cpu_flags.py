@@ -22,6 +22,11 @@ def cpu_has_avx512(cpuinfo: str = CPUINFO) -> bool:
     return False
 
 
+def flag_strings() -> list[str]:
+  """FLAGS as XLA_FLAGS entries, `--name=value`."""
+  return [f'--{name}={value}' for name, value in FLAGS.items()]
+
+
 def apply(environ=None, cpuinfo: str = CPUINFO) -> list[str]:
   """Appends the FLAGS that XLA_FLAGS lacks, on AVX-512 CPUs; returns the flags added."""
   environ = os.environ if environ is None else environ
@@ -29,7 +34,7 @@ def apply(environ=None, cpuinfo: str = CPUINFO) -> list[str]:
     return []
   current = environ.get('XLA_FLAGS', '')
   given = {flag.lstrip('-').split('=')[0] for flag in current.split()}
-  added = [f'--{name}={value}' for name, value in FLAGS.items() if name not in given]
+  added = [flag for name, flag in zip(FLAGS, flag_strings()) if name not in given]
   if added:
     environ['XLA_FLAGS'] = ' '.join([current, *added]).strip()
   return added

@@ -38,7 +38,7 @@ def test_nothing_without_avx512_or_cpuinfo(tmp_path):
 
 def test_jax_accepts_the_flags():
   """XLA aborts the process on a flag it does not know: the added ones must parse."""
-  flags = ' '.join(f'--{k}={v}' for k, v in xla_cpu_flags.FLAGS.items())
+  flags = ' '.join(xla_cpu_flags.flag_strings())
   code = ('import os; os.environ["XLA_FLAGS"] = ' + repr(flags) + '; import jax; '
           'print(float(jax.jit(lambda x: (x * 2).sum())(jax.numpy.ones(64))))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
