@@ -9,7 +9,7 @@ median images/s. Settings, cumulative from the top:
   flax layers      nn.Conv, nn.max_pool, nn.ConvTranspose: the straightforward port
   + malloc         glibc malloc settings of convae_jax/malloc_env.py (CONVAE_MALLOC_TUNING=1)
   + pool           max pooling as an elementwise max of the window's strided views, with a
-                   custom gradient (layers.max_pool)
+                   custom gradient (layers.max_pool); the conv's bias is added by it
   + deconv         k2s2 transposed conv as one matrix product + depth-to-space
                    (layers.PatchConvTranspose)
   + tap-sum conv   the 3-channel first conv's forward pass as 27 fused multiply-adds
@@ -102,7 +102,10 @@ def use_layers(keep: tuple[str, ...]) -> None:
   from convae_jax.models import layers
 
   if 'pool' not in keep:
-    layers.max_pool = lambda x, window=2: nn.max_pool(x, (window, window), (window, window))
+    def flax_max_pool(x, window=2, bias=None):
+      x = x if bias is None else x + bias
+      return nn.max_pool(x, (window, window), (window, window))
+    layers.max_pool = flax_max_pool
   if 'tapsum' not in keep:
     layers.TAP_SUM_MAX_IN_FEATURES = 0  # Every conv through lax.conv, as nn.Conv.
   if 'conv' in keep:

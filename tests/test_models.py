@@ -95,3 +95,37 @@ def test_max_pool_gradient_matches_flax_including_ties():
   np.testing.assert_array_equal(ours, jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x))
   assert ours[1, 2, 2, 3] != 0 and ours[1, 2, 3, 3] == 0 and ours[0, 4, 5, 0] != 0
 
+
+def test_max_pool_with_bias_is_pooling_of_biased_input():
+  # The bias is added after the max: the same values bitwise, and the same gradients, with
+  # ties decided among the biased values (here 1.0 + 1.5 and (1.0 + 2**-23) + 1.5 both round
+  # to 2.5, so the first of them must win, though the second is the larger before the bias).
+  x = jax.random.normal(jax.random.key(0), (2, 8, 12, 5))
+  x = x.at[0, 0, 0, 1].set(1.0).at[0, 0, 1, 1].set(1.0 + 2**-23)
+  x = x.at[0, 1, 0, 1].set(-1.0).at[0, 1, 1, 1].set(-1.0)
+  bias = jax.random.normal(jax.random.key(2), (5,)).at[1].set(1.5)
+  assert x[0, 0, 0, 1] + bias[1] == x[0, 0, 1, 1] + bias[1]
+  reference = lambda x, bias: nn.max_pool(x + bias, (2, 2), (2, 2))
+  np.testing.assert_array_equal(layers.max_pool(x, 2, bias=bias), reference(x, bias))
+  weights = jax.random.normal(jax.random.key(1), (2, 4, 6, 5))
+  loss = lambda pool: lambda x, bias: jnp.sum(jnp.sin(pool(x, bias)) * weights)
+  ours = jax.jit(jax.grad(loss(lambda x, b: layers.max_pool(x, 2, bias=b)), argnums=(0, 1)))(
+      x, bias)
+  theirs = jax.grad(loss(reference), argnums=(0, 1))(x, bias)
+  np.testing.assert_array_equal(ours[0], theirs[0])
+  np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-5)
+  assert ours[0][0, 0, 0, 1] != 0 and ours[0][0, 0, 1, 1] == 0  # The first biased maximum.
+
+
+def test_conv_with_pool_window_is_conv_then_max_pool():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  layer = layers.Conv(6, 3, 1, pool_window=2, bias_init=nn.initializers.normal(1.0))
+  params = layer.init(jax.random.key(1), x)
+  unpooled = layers.Conv(6, 3, 1)
+  expected = nn.max_pool(unpooled.apply(params, x), (2, 2), (2, 2))
+  np.testing.assert_array_equal(layer.apply(params, x), expected)
+  loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
+  ours = jax.grad(loss(lambda p: layer.apply(p, x)))(params)
+  theirs = jax.grad(loss(lambda p: nn.max_pool(unpooled.apply(p, x), (2, 2), (2, 2))))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, theirs)
+

@@ -1,7 +1,8 @@
 """The seed convolutional autoencoder (a Flax port of the PyTorch CIFAR-10 model).
 
 encoder: conv3x3(16) -> SELU -> maxpool2 -> conv3x3(32) -> SELU -> maxpool2   (HxW -> H/4xW/4)
-(computed as conv -> maxpool -> SELU: the same function, since SELU is increasing)
+(computed as conv -> maxpool -> SELU: the same function, since SELU is increasing; the
+conv layer pools, see layers.Conv)
 decoder: convT2x2/2(16) -> ReLU -> convT2x2/2(3) -> Sigmoid                  (back to HxW)
 Fully convolutional: any H, W divisible by 4. NHWC throughout.
 """
@@ -19,9 +20,10 @@ class ConvEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.features):
-      x = layers.torch_conv(width, x.shape[-1], kernel_size=3, padding=1, name=f'conv{i + 1}')(x)
       # Pooling before SELU is the same function (SELU is increasing) on 4x fewer values.
-      x = nn.selu(layers.max_pool(x, 2))
+      x = layers.torch_conv(width, x.shape[-1], kernel_size=3, padding=1, pool_window=2,
+                            name=f'conv{i + 1}')(x)
+      x = nn.selu(x)
     return x
 
 

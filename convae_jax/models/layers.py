@@ -29,21 +29,37 @@ def _pool_windows(x: jax.Array, window: int) -> list[jax.Array]:
   return [x[:, :, a, :, b, :] for a in range(window) for b in range(window)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
-  """Non-overlapping max pooling (window = stride) on NHWC.
+def max_pool(x: jax.Array, window: int = 2, bias: jax.Array | None = None) -> jax.Array:
+  """Non-overlapping max pooling (window = stride) on NHWC, of `x + bias` if a bias is given.
 
-  The function and gradient of `nn.max_pool(x, (w, w), (w, w))` and of PyTorch's MaxPool2d
-  (a tie sends the gradient to the first maximum in the window, row-major), written for
-  XLA:CPU: nn.max_pool's gradient is a select-and-scatter, slow there. The forward pass is an
-  elementwise max over the window's strided views, which fuses with the layer before it; it
+  The function and gradient of `nn.max_pool(x + bias, (w, w), (w, w))` and of PyTorch's
+  MaxPool2d (a tie sends the gradient to the first maximum in the window, row-major), written
+  for XLA:CPU: nn.max_pool's gradient is a select-and-scatter, slow there. The forward pass is
+  an elementwise max over the window's strided views, which fuses with the layer before it; it
   saves only the winner's position, and the backward pass is one elementwise select.
+
+  `bias` (per channel; the bias of the layer before) is added after the max, bitwise the same
+  values (rounding is monotonic, so max(a + b, c + b) == max(a, c) + b). Its gradient is then
+  a sum over the pooled gradient, not over the full-size routed one, which XLA would otherwise
+  compute once more just for that sum.
   """
-  return functools.reduce(jnp.maximum, _pool_windows(x, window))
+  return _max_pool(x, bias, window)
 
 
-def _max_pool_fwd(x, window):
+def _biased_views(x, bias, window):
   views = _pool_windows(x, window)
+  return views if bias is None else [view + bias for view in views]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _max_pool(x, bias, window):
+  pooled = functools.reduce(jnp.maximum, _pool_windows(x, window))
+  return pooled if bias is None else pooled + bias
+
+
+def _max_pool_fwd(x, bias, window):
+  # The winner is taken among the biased values, so that ties are PyTorch's ties.
+  views = _biased_views(x, bias, window)
   pooled = functools.reduce(jnp.maximum, views)
   winner = jnp.full(pooled.shape, len(views) - 1, x.dtype)  # float: compares vectorize.
   for position in reversed(range(len(views) - 1)):  # The first maximum wins.
@@ -52,19 +68,21 @@ def _max_pool_fwd(x, window):
   # recompute `winner`, and the layer before the pooling with it, for every output position.
   # A division counts as expensive to XLA, so this (exact) one makes it store `winner` once.
   # (A non-finite `pooled` makes the winner NaN: that window's gradient is then zero.)
-  return pooled, winner / (pooled - pooled + 1.0)
+  return pooled, (winner / (pooled - pooled + 1.0), bias)
 
 
-def _max_pool_bwd(window, winner, grad):
+def _max_pool_bwd(window, residuals, grad):
+  winner, bias = residuals  # The bias only tells whether it has a gradient.
   n, h, w, c = grad.shape
   position = jnp.arange(window * window, dtype=grad.dtype).reshape(1, 1, window, 1, window, 1)
   # [n, h, window(a), w, window(b), c]: window position a * window + b gets the gradient.
   routed = jnp.where(winner[:, :, None, :, None, :] == position, grad[:, :, None, :, None, :],
                      0.0)
-  return (routed.reshape(n, h * window, w * window, c),)
+  bias_grad = None if bias is None else grad.sum((0, 1, 2))
+  return routed.reshape(n, h * window, w * window, c), bias_grad
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # Up to this many input channels, a conv's forward pass is summed tap by tap (`_tap_sum_conv`).
@@ -107,18 +125,25 @@ _tap_sum_conv.defvjp(_tap_sum_conv_fwd, _tap_sum_conv_bwd)
 
 class Conv(nn.Module):
   """Stride-1 square conv, NHWC: the function and parameters of `nn.Conv(features, (k, k),
-  padding=padding)`, computed by whichever formulation is fastest for its input width."""
+  padding=padding)`, computed by whichever formulation is fastest for its input width.
+
+  With `pool_window` > 1 the layer is that conv followed by `max_pool(window=pool_window)`,
+  with the bias added by the pooling (see max_pool: same values, a cheaper bias gradient).
+  """
   features: int
   kernel_size: int = 3
   padding: int = 1
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
+  pool_window: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
     bias = self.param('bias', self.bias_init, (self.features,))
+    if self.pool_window > 1:
+      return max_pool(self.convolve(x, kernel), self.pool_window, bias=bias)
     return self.convolve(x, kernel) + bias
 
   def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -128,10 +153,10 @@ class Conv(nn.Module):
 
 
 def torch_conv(features: int, in_features: int, kernel_size: int = 3, padding: int = 1,
-               name: str | None = None) -> Conv:
+               name: str | None = None, pool_window: int = 1) -> Conv:
   """A stride-1 conv with PyTorch Conv2d's padding arithmetic and default init."""
   fan_in = in_features * kernel_size**2
-  return Conv(features, kernel_size, padding, name=name,
+  return Conv(features, kernel_size, padding, name=name, pool_window=pool_window,
               kernel_init=torch_default_init(fan_in), bias_init=torch_default_init(fan_in))
 
 
