@@ -43,7 +43,7 @@ def main():
   split = input_pipeline.load_split(args.dataset, 'train', args.data_dir)
   load_s = time.perf_counter() - start
   batches = flax.jax_utils.prefetch_to_device(input_pipeline.train_batches(
-      split, global_batch_size=args.batch_size, seed=0, start_step=0, input_range=(0.0, 1.0),
+      split, global_batch_size=args.batch_size, seed=0, start_step=0,
       num_local_devices=len(devices)), 2, devices)
   for _ in range(args.warmup):
     jax.block_until_ready(next(batches))

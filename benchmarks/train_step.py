@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py --models cae,resae --batch_sizes 64,128,256 --output out.json
 
-Random [0, 1] images (the step's cost does not depend on pixel values). For each (model,
+Random uint8 images, as the input pipeline streams them (the step's cost does not depend on
+pixel values). For each (model,
 batch): compile time (the first call), then `--windows` timed windows of `--steps` steps after
 `--warmup` steps; reports the median window in images/s. Run it on an otherwise idle machine.
 """
@@ -40,10 +41,11 @@ def make_step(variant: str, batch_size: int, devices, micro_batches: int = 1):
   names = train._metric_names(model, (32, 32, 3))  # pylint: disable=protected-access
   step = jax.pmap(functools.partial(train.train_step, model=model,
                                     metrics_cls=metrics.train_collection(names),
+                                    input_range=tuple(config.input_range),
                                     micro_batches=micro_batches),
                   axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
-  images = np.random.default_rng(0).uniform(
-      size=(len(devices), batch_size // len(devices), 32, 32, 3)).astype(np.float32)
+  images = np.random.default_rng(0).integers(
+      0, 256, (len(devices), batch_size // len(devices), 32, 32, 3), dtype=np.uint8)
   batch = next(flax.jax_utils.prefetch_to_device(iter([images]), 1, devices))
   return step, flax.jax_utils.replicate(state, devices), batch
 

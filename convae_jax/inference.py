@@ -319,6 +319,5 @@ class TrainedModel:
     # The trainer's evaluation key, so a stochastic model scores as in training.
     base_rng = jax.random.split(jax.random.key(self.config.seed))[1]
     scalars = train.evaluate_split(p_eval_step, state, data, eval_batch_size=batch,
-                                   input_range=self.input_range, devices=devices,
-                                   base_rng=base_rng)
+                                   devices=devices, base_rng=base_rng)
     return {**scalars, 'num_images': data.num_examples}

@@ -65,11 +65,22 @@ def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
   return model.apply(variables, images, train=train, rngs=rngs, mutable=mutable)
 
 
+def model_input(images: jax.Array, input_range: tuple[float, float]) -> jax.Array:
+  """The input pipeline's uint8 pixels as float32 in `input_range`, computed on the device.
+
+  Float images are taken to be in `input_range` already.
+  """
+  if images.dtype != jnp.uint8:
+    return images
+  return input_pipeline.to_model_range(images.astype(jnp.float32), input_range)
+
+
 def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
-               metrics_cls, skip_non_finite: bool = False,
+               metrics_cls, input_range: tuple[float, float], skip_non_finite: bool = False,
                micro_batches: int = 1) -> tuple[TrainState, Any]:
   """One optimizer step on this device's share of the global batch (inside pmap).
 
+  `images` are uint8 pixels (see `model_input`), or float images in `input_range`.
   A step whose loss or gradients are not finite is flagged in the metrics; with
   `skip_non_finite` its update is dropped (the step counter still advances). With
   `micro_batches` > 1 the share is split into that many equal parts whose losses, gradients
@@ -77,6 +88,7 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   which runs each convolution on one core, runs them side by side.
   """
   step_rngs = _step_rngs(model, base_rng, state.step)
+  images = model_input(images, input_range)
 
   def loss_fn(params, images, rngs):
     output, model_state = _apply(model, state, params, images, train=True, rngs=rngs)
@@ -117,6 +129,7 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
 def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: jax.Array, *,
               model, value_range: tuple[float, float], metrics_cls):
   """Per-image metrics of one eval batch; `mask` drops the padding of the last batch."""
+  images = model_input(images, value_range)
   output, _ = _apply(model, state, state.params, images, train=False,
                      rngs=_step_rngs(model, base_rng, state.step))
   values = metrics.image_metrics(output.reconstruction, images, value_range)
@@ -135,13 +148,11 @@ def make_p_eval_step(model, input_range: tuple[float, float], model_names: list[
 
 
 def evaluate_split(p_eval_step, state: TrainState, split: input_pipeline.Split, *,
-                   eval_batch_size: int, input_range: tuple[float, float], devices,
-                   base_rng: jax.Array) -> dict[str, float]:
+                   eval_batch_size: int, devices, base_rng: jax.Array) -> dict[str, float]:
   """Metrics of the replicated `state` over the whole `split`, each image counted once."""
   batches = input_pipeline.eval_batches(
-      split, global_batch_size=eval_batch_size, input_range=input_range,
-      num_local_devices=len(devices), process_index=jax.process_index(),
-      process_count=jax.process_count())
+      split, global_batch_size=eval_batch_size, num_local_devices=len(devices),
+      process_index=jax.process_index(), process_count=jax.process_count())
   totals = None
   for images, mask in flax.jax_utils.prefetch_to_device(batches, 2, devices):
     update = p_eval_step(state, images, mask, base_rng)
@@ -232,7 +243,7 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
   train_metrics_cls = metrics.train_collection(model_names)
   p_train_step = jax.pmap(
       functools.partial(train_step, model=model, metrics_cls=train_metrics_cls,
-                        skip_non_finite=config.on_non_finite == 'skip',
+                        input_range=input_range, skip_non_finite=config.on_non_finite == 'skip',
                         micro_batches=config.micro_batches),
       axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
   p_eval_step = make_p_eval_step(model, input_range, model_names)
@@ -247,7 +258,7 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
   def evaluate(step: int, state) -> None:
     scalars = {f'eval/{k}': v for k, v in evaluate_split(
         p_eval_step, state, eval_split, eval_batch_size=config.eval_batch_size,
-        input_range=input_range, devices=devices, base_rng=step_rng).items()}
+        devices=devices, base_rng=step_rng).items()}
     writer.write_scalars(step, scalars)
     if jax.process_index() > 0:
       return
@@ -266,7 +277,7 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
 
   train_iter = flax.jax_utils.prefetch_to_device(input_pipeline.train_batches(
       train_split, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      input_range=input_range, num_local_devices=len(devices),
+      num_local_devices=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count()), 2, devices)
   hooks = []
   if jax.process_index() == 0:

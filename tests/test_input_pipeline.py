@@ -1,4 +1,4 @@
-"""Input pipeline on fake CIFAR-10 (tfds.testing.mock_data): shapes, range, order, eval coverage."""
+"""Input pipeline on fake CIFAR-10 (tfds.testing.mock_data): shapes, pixels, order, eval coverage."""
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -13,8 +13,7 @@ def fake_train_split():
 
 
 def _batches(split, start_step, count, **kwargs):
-  options = dict(global_batch_size=8, seed=3, start_step=start_step, input_range=(0.0, 1.0),
-                 num_local_devices=4)
+  options = dict(global_batch_size=8, seed=3, start_step=start_step, num_local_devices=4)
   options.update(kwargs)
   iterator = input_pipeline.train_batches(split, **options)
   return [next(iterator) for _ in range(count)]
@@ -25,22 +24,16 @@ def test_loads_uint8_images(fake_train_split):
   assert fake_train_split.images.dtype == np.uint8
 
 
-def test_train_batches_shape_and_range(fake_train_split):
+def test_train_batches_are_the_split_pixels(fake_train_split):
+  # uint8 as stored: the train step normalizes them on the device (tests/test_train.py).
   batch = _batches(fake_train_split, 0, 1)[0]
-  assert batch.shape == (4, 2, 32, 32, 3) and batch.dtype == np.float32
-  assert batch.min() >= 0.0 and batch.max() <= 1.0
-  # Exactly the uint8 pixels divided by 255.
-  np.testing.assert_allclose(batch * 255.0, np.round(batch * 255.0), atol=1e-3)
-
-
-def test_other_input_range(fake_train_split):
-  batch = _batches(fake_train_split, 0, 1, input_range=(-1.0, 1.0))[0]
-  assert batch.min() >= -1.0 and batch.max() <= 1.0 and batch.min() < 0.0
+  assert batch.shape == (4, 2, 32, 32, 3) and batch.dtype == np.uint8
+  assert len(set(_indices_of(fake_train_split, batch))) == 8
 
 
 def _indices_of(split, batch):
   """Which train images a [devices, per-device, ...] batch holds."""
-  flat = np.round(batch.reshape((-1,) + batch.shape[2:]) * 255.0).astype(np.uint8)
+  flat = batch.reshape((-1,) + batch.shape[2:])
   return [int(np.flatnonzero((split.images == image).all(axis=(1, 2, 3)))[0]) for image in flat]
 
 
@@ -77,13 +70,13 @@ def test_eval_batches_cover_every_image_once():
   split = input_pipeline.Split(images)
   seen, masks = [], []
   for batch, mask in input_pipeline.eval_batches(split, global_batch_size=8,
-                                                 input_range=(0.0, 1.0), num_local_devices=4):
-    assert batch.shape == (4, 2, 4, 4, 3) and mask.shape == (4, 2)
+                                                 num_local_devices=4):
+    assert batch.shape == (4, 2, 4, 4, 3) and batch.dtype == np.uint8 and mask.shape == (4, 2)
     seen.append(batch.reshape(-1, 4, 4, 3)[mask.ravel()])
     masks.append(mask)
   assert len(masks) == input_pipeline.num_eval_batches(split, 8) == 3
   assert sum(int(m.sum()) for m in masks) == 23
-  np.testing.assert_allclose(np.concatenate(seen), images / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(np.concatenate(seen), images)
 
 
 def test_missing_cifar10_says_what_to_do(tmp_path, monkeypatch):

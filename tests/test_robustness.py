@@ -133,7 +133,7 @@ def test_non_finite_steps_can_be_skipped(cifar_config):
   state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = jax.pmap(functools.partial(
-      train.train_step, model=model, skip_non_finite=True,
+      train.train_step, model=model, skip_non_finite=True, input_range=(0.0, 1.0),
       metrics_cls=metrics.train_collection(['loss_mse'])), axis_name='batch', in_axes=(0, 0, None))
   good = np.full((4, 2, 32, 32, 3), 0.5, np.float32)
   bad = good.copy()

@@ -23,7 +23,8 @@ def test_overfits_one_batch(cifar_config):
   state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   metrics_cls = metrics.averages_collection(['loss', 'grad_norm', 'param_norm', 'loss_mse'])
-  step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls),
+  step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls,
+                                    input_range=(0.0, 1.0)),
                   axis_name='batch', in_axes=(0, 0, None))
   # Smooth images (8x8 noise blown up 4x): a reconstructable signal, not white noise.
   coarse = np.random.default_rng(0).uniform(size=(4, 2, 8, 8, 3)).astype(np.float32)
@@ -50,7 +51,7 @@ def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
   results = []
   for micro_batches in (1, 2):
     step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls,
-                                      micro_batches=micro_batches),
+                                      input_range=(0.0, 1.0), micro_batches=micro_batches),
                     axis_name='batch', in_axes=(0, 0, None))
     new_state, update = step(state, images, jax.random.key(1))
     results.append((new_state, float(flax.jax_utils.unreplicate(update).compute()['loss'])))
@@ -58,6 +59,29 @@ def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
   np.testing.assert_allclose(parts_loss, whole_loss, rtol=1e-5)
   _params_allclose(parts.params, whole.params, rtol=1e-4, atol=1e-6)
   assert not np.array_equal(jax.tree.leaves(parts.params)[0], jax.tree.leaves(state.params)[0])
+
+
+def test_train_step_normalizes_uint8_pixels_to_the_input_range(cifar_config):
+  # The input pipeline streams uint8 pixels; the step maps them to input_range on the device,
+  # the same step as on images normalized beforehand.
+  config = cifar_config(input_range=(-1.0, 1.0))
+  model = models.create_model(config.model)
+  state = flax.jax_utils.replicate(train.create_train_state(
+      model, train.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+  pixels = np.random.default_rng(0).integers(0, 256, (4, 2, 32, 32, 3), dtype=np.uint8)
+  pixels[0, 0, 0, 0] = (0, 255, 128)
+  normalized = np.asarray(train.model_input(pixels, (-1.0, 1.0)))
+  assert normalized.dtype == np.float32
+  np.testing.assert_allclose(normalized[0, 0, 0, 0], [-1.0, 1.0, 1 / 255], atol=1e-6)
+  step = jax.pmap(functools.partial(train.train_step, model=model, input_range=(-1.0, 1.0),
+                                    metrics_cls=metrics.averages_collection(['loss'])),
+                  axis_name='batch', in_axes=(0, 0, None))
+  from_pixels, pixel_metrics = step(state, pixels, jax.random.key(1))
+  from_floats, float_metrics = step(state, pixels / 127.5 - 1.0, jax.random.key(1))
+  np.testing.assert_allclose(flax.jax_utils.unreplicate(pixel_metrics).compute()['loss'],
+                             flax.jax_utils.unreplicate(float_metrics).compute()['loss'],
+                             rtol=1e-6)
+  _params_allclose(from_pixels.params, from_floats.params, rtol=1e-5, atol=1e-7)
 
 
 def test_trains_evaluates_and_counts_every_eval_image_once(cifar_config, tmp_path):
