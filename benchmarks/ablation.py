@@ -3,19 +3,21 @@
     python benchmarks/ablation.py --batch_size 128 --rounds 3 --output ablation.json
 
 Each setting runs in a fresh process (malloc settings are read at process start) on random
-[0, 1] images through the trainer's own pmapped train step. Settings are visited in turn,
+uint8 images through the trainer's own pmapped train step. Settings are visited in turn,
 `--rounds` times, so machine noise spreads over all of them; the table gives each setting's
 median images/s. Settings, cumulative from the top:
   flax layers      nn.Conv, nn.max_pool, nn.ConvTranspose: the straightforward port
   + malloc         glibc malloc settings of convae_jax/malloc_env.py (CONVAE_MALLOC_TUNING=1)
   + pool           max pooling as an elementwise max of the window's strided views, with a
-                   custom gradient (layers.max_pool); the conv's bias is added by it
+                   custom gradient (layers.max_pool), the bias added before it
   + deconv         k2s2 transposed conv as one matrix product + depth-to-space
                    (layers.PatchConvTranspose)
   + tap-sum conv   the 3-channel first conv's forward pass as 27 fused multiply-adds
-                   (layers.Conv with few input channels): the model as shipped
+                   (layers.Conv with few input channels)
   + 512-bit        XLA_FLAGS=--xla_cpu_prefer_vector_width=512 (convae_jax/xla_cpu_flags.py,
-                   which launch.py applies on AVX-512 CPUs): the default setup as shipped
+                   which launch.py applies on AVX-512 CPUs)
+  + pooled bias    the conv's bias added by the pooling (layers.Conv's pool_window), so its
+                   gradient is a sum over the pooled gradient: the default setup as shipped
   + 4 micro-batches  config.micro_batches=4, which the README advises on CPU
   + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
   shipped + no ynn the shipped model and flags plus --xla_cpu_experimental_ynn_fusion_type=
@@ -37,8 +39,9 @@ sys.path.insert(0, REPO)
 
 from convae_jax import xla_cpu_flags  # pylint: disable=wrong-import-position
 
-LAYERS = ('pool', 'deconv', 'tapsum', 'conv')  # Formulations, in the order they are switched on.
-SHIPPED = ('pool', 'deconv', 'tapsum')
+# Formulations, in the order they are switched on.
+LAYERS = ('pool', 'deconv', 'tapsum', 'poolbias', 'conv')
+SHIPPED = ('pool', 'deconv', 'tapsum', 'poolbias')
 WIDE = ' '.join(xla_cpu_flags.flag_strings())  # What launch.py adds on AVX-512 CPUs.
 NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='
 
@@ -56,8 +59,9 @@ SETTINGS = [
     Setting('+ malloc', True, ()),
     Setting('+ pool', True, ('pool',)),
     Setting('+ deconv', True, ('pool', 'deconv')),
-    Setting('+ tap-sum conv', True, SHIPPED),
-    Setting('+ 512-bit (shipped)', True, SHIPPED, WIDE),
+    Setting('+ tap-sum conv', True, SHIPPED[:3]),
+    Setting('+ 512-bit', True, SHIPPED[:3], WIDE),
+    Setting('+ pooled bias (shipped)', True, SHIPPED, WIDE),
     Setting('+ 4 micro-batches', True, SHIPPED, WIDE, 4),
     Setting('+ patch conv', True, LAYERS, WIDE),
     Setting('shipped + no ynn', True, SHIPPED, f'{WIDE} {NO_YNN}'),
@@ -106,6 +110,12 @@ def use_layers(keep: tuple[str, ...]) -> None:
       x = x if bias is None else x + bias
       return nn.max_pool(x, (window, window), (window, window))
     layers.max_pool = flax_max_pool
+  elif 'poolbias' not in keep:
+    custom_max_pool = layers.max_pool
+
+    def max_pool_of_biased(x, window=2, bias=None):
+      return custom_max_pool(x if bias is None else x + bias, window)
+    layers.max_pool = max_pool_of_biased
   if 'tapsum' not in keep:
     layers.TAP_SUM_MAX_IN_FEATURES = 0  # Every conv through lax.conv, as nn.Conv.
   if 'conv' in keep:
