@@ -121,10 +121,11 @@ def use_layers(keep: tuple[str, ...]) -> None:
   if 'conv' in keep:
     patch_conv = define_patch_conv()
 
-    def torch_patch_conv(features, in_features, kernel_size=3, padding=1, name=None):
+    def torch_patch_conv(features, in_features, kernel_size=3, padding=1, name=None,
+                         pool_window=1):
       init = layers.torch_default_init(in_features * kernel_size**2)
       return patch_conv(features, kernel_size, padding, name=name, kernel_init=init,
-                        bias_init=init)
+                        bias_init=init, pool_window=pool_window)
     layers.torch_conv = torch_patch_conv
   if 'deconv' not in keep:
     class LaxConvTranspose(layers.PatchConvTranspose):

@@ -129,3 +129,22 @@ def test_conv_with_pool_window_is_conv_then_max_pool():
   theirs = jax.grad(loss(lambda p: nn.max_pool(unpooled.apply(p, x), (2, 2), (2, 2))))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, theirs)
 
+
+
+@pytest.mark.parametrize('keep', sorted({setting.keep for setting in ablation.SETTINGS}))
+def test_every_ablation_setting_computes_the_seed_function(monkeypatch, keep):
+  # benchmarks/ablation.py swaps layer formulations; each row must time the same model.
+  images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  loss = lambda model: lambda params: jnp.mean(
+      (model.apply({'params': params}, images).reconstruction - images)**2)
+  shipped = _seed_model()
+  params = shipped.init(jax.random.key(1), images)['params']
+  expected = jax.value_and_grad(loss(shipped))(params)
+  for name in ('max_pool', 'torch_conv', 'PatchConvTranspose', 'TAP_SUM_MAX_IN_FEATURES'):
+    monkeypatch.setattr(layers, name, getattr(layers, name))  # Restored after the test.
+  ablation.use_layers(keep)
+  model = _seed_model()
+  value, grads = jax.value_and_grad(loss(model))(params)
+  np.testing.assert_allclose(value, expected[0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads,
+               expected[1])
