@@ -1,13 +1,14 @@
 """TFDS -> tf.data -> device batches.
 
 The datasets here are small (CIFAR-10 is 150 MB of uint8), so each split is decoded once
-into host memory. Training order is a function of (seed, step) alone: each epoch is a
-stateless shuffle of the indices keyed by (seed, epoch), so a run resumed at step N reads
-exactly the batches an unstopped run would, without replaying the stream.
+into host memory. Batches stay uint8; the train and eval steps normalize them on the device.
+Training order is a function of (seed, step) alone: each epoch is a stateless shuffle of the
+indices keyed by (seed, epoch), so a run resumed at step N reads exactly the batches an
+unstopped run would, without replaying the stream.
 
 With several processes, each one holds the split and walks the same global order, but
-gathers, converts and feeds to its devices only its own rows of each global batch (and of
-each eval batch). So the global batches are the same for any number of processes: a run
+gathers and feeds to its devices only its own rows of each global batch (and of each eval
+batch). So the global batches are the same for any number of processes: a run
 resumes on another number of processes and reaches the same parameters.
 """
 import dataclasses

@@ -148,3 +148,10 @@ def test_every_ablation_setting_computes_the_seed_function(monkeypatch, keep):
   np.testing.assert_allclose(value, expected[0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads,
                expected[1])
+
+
+def test_stored_once_is_the_identity_on_finite_values():
+  x = jnp.array([0.0, -0.0, 1e-30, -3.5, 1e30, jnp.inf, jnp.nan])
+  stored = jax.jit(layers.stored_once)(x)
+  np.testing.assert_array_equal(stored[:5], x[:5])
+  assert np.signbit(stored[1]) and np.isnan(stored[5]) and np.isnan(stored[6])

@@ -20,6 +20,17 @@ def torch_default_init(fan_in: int) -> Callable:
   return init
 
 
+def stored_once(x: jax.Array) -> jax.Array:
+  """`x` (bitwise, if finite), in a form XLA computes once and stores.
+
+  XLA fuses cheap elementwise producers into every consumer, recomputing them there. That is
+  costly for a value that is expensive to make (random noise) and read many times (by each of
+  a conv's taps). A division counts as expensive to XLA, so this exact one stops that.
+  A non-finite x gives NaN.
+  """
+  return x / (x - x + 1.0)
+
+
 def _pool_windows(x: jax.Array, window: int) -> list[jax.Array]:
   """The window*window strided views of x, one per position in the window, row-major."""
   n, h, w, c = x.shape
