@@ -3,9 +3,9 @@
     python benchmarks/train_step.py --models cae,resae --batch_sizes 64,128,256 --output out.json
 
 Random uint8 images, as the input pipeline streams them (the step's cost does not depend on
-pixel values). For each (model,
-batch): compile time (the first call), then `--windows` timed windows of `--steps` steps after
-`--warmup` steps; reports the median window in images/s. Run it on an otherwise idle machine.
+pixel values). For each (model, batch): compile time (the first call), then `--windows` timed
+windows of `--steps` steps after `--warmup` steps; reports the median window in images/s.
+Run it on an otherwise idle machine.
 """
 import argparse
 import functools

@@ -75,10 +75,9 @@ def _max_pool_fwd(x, bias, window):
   winner = jnp.full(pooled.shape, len(views) - 1, x.dtype)  # float: compares vectorize.
   for position in reversed(range(len(views) - 1)):  # The first maximum wins.
     winner = jnp.where(views[position] == pooled, float(position), winner)
-  # XLA fuses cheap elementwise producers into each consumer, so the backward pass would
-  # recompute `winner`, and the layer before the pooling with it, for every output position.
-  # A division counts as expensive to XLA, so this (exact) one makes it store `winner` once.
-  # (A non-finite `pooled` makes the winner NaN: that window's gradient is then zero.)
+  # Stored once, as by stored_once (else the backward pass recomputes it, and the layer
+  # before the pooling with it, per output position), but with a denominator from `pooled`:
+  # a non-finite `pooled` makes the winner NaN, so that window's gradient is zero.
   return pooled, (winner / (pooled - pooled + 1.0), bias)
 
 
