@@ -17,6 +17,7 @@ deleted. A checkpoint of another model is refused: its workdir belongs to anothe
 """
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -26,17 +27,51 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from convae_jax import distributed
+from convae_jax import distributed, errors
 
 
-class IncompatibleCheckpointError(RuntimeError):
+class IncompatibleCheckpointError(errors.UserError):
   """The workdir's checkpoints were written by a different model or optimizer."""
+
+
+def _ignore_reads_after_a_failed_restore() -> None:
+  """Drops the one harmless error Orbax leaves behind when a read fails.
+
+  TensorStore reads still in flight then complete into Orbax's event loop, which the
+  failure has closed (in a restore or a metadata read); each reports `RuntimeError: Event loop is closed` as an unraisable
+  exception (a traceback on stderr, though the run goes on as designed). Every other
+  unraisable exception still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'convae_filter', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.convae_filter = True
+  sys.unraisablehook = hook
+
+
+def finished_steps(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints in WORKDIR/checkpoints, oldest first; reads none.
+
+  Orbax writes into a temporary folder and renames it to the step when complete.
+  """
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
 class Checkpointer:
   """Saves every few steps, keeps the newest `max_to_keep`, restores the newest readable."""
 
   def __init__(self, workdir: str, max_to_keep: int):
+    _ignore_reads_after_a_failed_restore()
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     self._manager = ocp.CheckpointManager(
@@ -56,10 +91,11 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores `step` (default: the latest) into the structure and dtypes of `target`."""
+    """Restores `step` (default: the latest) into the structure and dtypes of `target`
+    (arrays, or jax.ShapeDtypeStruct leaves such as train.abstract_train_state gives)."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-                            target)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), x.dtype if hasattr(x, 'dtype') else np.asarray(x).dtype), target)
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return jax.tree.map(np.asarray, restored)
 

@@ -22,22 +22,13 @@ import os
 import re
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads TFDS here.
+import numpy as np
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+from convae_jax import errors, image_grid, image_io, logs  # Light: no JAX or TensorFlow yet.
 
-from convae_jax import image_grid, image_io  # pylint: disable=g-import-not-at-top  (light)
+logs.quiet_tensorflow()
 
-EXIT_REFUSED = 2
 MAX_GRID_PAIRS = 64
-
-
-class _Parser(argparse.ArgumentParser):
-  """argparse, but a bad command line is one line `error: ...` and exit code 2."""
-
-  def error(self, message):
-    print(f'error: {message}', file=sys.stderr, flush=True)
-    sys.exit(EXIT_REFUSED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
   inputs.add_argument('inputs', nargs='+', help='PNG/JPEG files and folders of them.')
   inputs.add_argument('--recursive', action='store_true', help='Also read subfolders.')
 
-  parser = _Parser(prog='python -m convae_jax.cli', description=__doc__,
+  parser = errors.ArgumentParser(prog='python -m convae_jax.cli', description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   modes = parser.add_subparsers(dest='mode', required=True, metavar='MODE')
   p = modes.add_parser('evaluate', parents=[common], help='Metrics on a TFDS split.')
@@ -101,11 +92,7 @@ def _write_json(path: str, value) -> None:
 
 
 def _output_dir(path: str, inputs) -> str:
-  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  try:
-    image_io.check_output_dir(path, inputs)
-  except ValueError as e:
-    raise inference.UsageError(str(e)) from None
+  image_io.check_output_dir(path, inputs)
   os.makedirs(path, exist_ok=True)
   return path
 
@@ -138,7 +125,7 @@ def evaluate(args, trained) -> None:
 def reconstruct(args, trained) -> None:
   created = not os.path.isdir(args.output)
   out = _output_dir(args.output, args.inputs)
-  rows, thumbs = [], []
+  rows, views = [], []
   print(f'{"image":<32} {"size":>11} {"PSNR (dB)":>10}', flush=True)
   # One image at a time: a folder of large photographs never sits in memory at once.
   for image in image_io.iter_images(args.inputs, channels=trained.channels,
@@ -153,15 +140,15 @@ def reconstruct(args, trained) -> None:
     rows.append({'name': image.name, 'source': os.path.abspath(image.path), 'height': h,
                  'width': w, 'mse': mse, 'psnr': psnr})
     print(f'{image.name:<32} {f"{h}x{w}":>11} {psnr:>10.2f}', flush=True)
-    if len(thumbs) < MAX_GRID_PAIRS:
-      thumbs.append((image_io.thumbnail(image.pixels), image_io.thumbnail(recon_pixels)))
+    if len(views) < MAX_GRID_PAIRS:
+      views.append((image_io.full_view(image.pixels), image_io.full_view(recon_pixels)))
   if not rows:
     if created:
       os.rmdir(out)
     raise _no_readable_image(args.inputs)
   mean_psnr = float(np.mean([r['psnr'] for r in rows]))
   print(f'{f"mean over {len(rows)} images":<32} {"":>11} {mean_psnr:>10.2f}')
-  image_grid.save_png(image_io.pairs_grid(thumbs), os.path.join(out, 'grid.png'))
+  image_grid.save_png(image_io.pairs_grid(views), os.path.join(out, 'grid.png'))
   _write_json(os.path.join(out, 'psnr.json'),
               {'workdir': trained.workdir, 'step': trained.step, 'model': trained.name,
                'mean_psnr': mean_psnr, 'images': rows})
@@ -263,11 +250,8 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   # Imported after parsing so that --help stays fast.
   # pylint: disable=g-import-not-at-top
-  from convae_jax import inference, input_pipeline
-  try:
-    input_pipeline.hide_accelerators_from_tensorflow()
-  except RuntimeError:  # Called in a process whose TensorFlow already started: leave it.
-    pass
+  from convae_jax import inference
+  logs.quiet_libraries()
   try:
     if args.mode in ('reconstruct', 'interpolate'):  # Refuse a bad --output before loading.
       image_io.check_output_dir(args.output, args.inputs)
@@ -278,9 +262,8 @@ def main(argv=None) -> int:
         raise inference.UsageError(f'--module {module}: {e}') from None
     trained = inference.load(args.workdir, args.step)
     MODES[args.mode](args, trained)
-  except (ValueError, input_pipeline.DatasetUnavailableError) as e:  # UsageError among them.
-    print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
-    return EXIT_REFUSED
+  except errors.UserError as e:
+    return errors.report(e)
   return 0
 
 

@@ -1,9 +1,10 @@
 """Checks of a config made before anything loads or compiles: one clear line per problem."""
 import difflib
+import math
 
 import ml_collections
 
-from convae_jax import models
+from convae_jax import errors, models, paths
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 ON_NON_FINITE = ('stop', 'skip')
@@ -21,7 +22,7 @@ KEYS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config value that cannot work; the message names the key and what is allowed."""
 
 
@@ -46,15 +47,16 @@ def _check_positive(config, key: str) -> None:
     raise ConfigError(f'config.{key}={config[key]!r}: must be a positive integer')
 
 
-def _check_dataset(name: str) -> None:
+def check_dataset(name: str, what: str = 'config.dataset') -> None:
+  """Raises ConfigError unless `name` is a TFDS dataset (registered or embedded here)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
   from convae_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import
   known = tfds.list_builders(with_community_datasets=False)
   if name not in known:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f'did you mean {", ".join(close)}? ' if close else ''
-    raise ConfigError(f'config.dataset={name!r} is not a TFDS dataset; {hint}'
-                      '(known: cifar10, photo_patches (offline), and tfds.list_builders())')
+    raise ConfigError(f'{what}={name!r} is not a TFDS dataset; {hint}(known: cifar10, '
+                      'photo_patches (offline), and tfds.list_builders())')
 
 
 def check(config: ml_collections.ConfigDict, num_devices: int,
@@ -70,6 +72,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
               'checkpoint_every_steps', 'max_to_keep', 'micro_batches'):
     _check_positive(config, key)
+  for key in ('num_grid_images', 'profile_num_steps', 'seed'):
+    if config[key] < 0:
+      raise ConfigError(f'config.{key}={config[key]!r}: must be 0 or more')
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
     raise ConfigError(f'config.num_train_steps={config.num_train_steps} and '
                       f'config.num_epochs={config.num_epochs}: set one of them positive')
@@ -91,14 +96,25 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
                       f'{", ".join(ON_NON_FINITE)}')
 
-  if len(config.input_range) != 2:
-    raise ConfigError(f'config.input_range={tuple(config.input_range)}: must be (low, high)')
+  if len(config.input_range) != 2 or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+      for v in config.input_range):
+    raise ConfigError(f'config.input_range={tuple(config.input_range)}: must be two numbers '
+                      '(low, high), e.g. --config.input_range="(0.0, 1.0)"')
   low, high = config.input_range
+  if not low < high:
+    raise ConfigError(f'config.input_range={tuple(config.input_range)}: needs low < high, e.g. '
+                      '--config.input_range="(0.0, 1.0)"')
   out_low, out_high = model.output_range
   if not out_low <= low < high <= out_high:
     raise ConfigError(
         f'config.input_range={tuple(config.input_range)} lies outside what model '
         f'{config.model.name!r} can output, {tuple(model.output_range)}: set '
         f'--config.input_range="{tuple(model.output_range)}" so reconstructions can match inputs')
-  _check_dataset(config.dataset)
+  if config.data_dir is not None:
+    try:
+      paths.check_dir(config.data_dir, 'config.data_dir', writable=False)
+    except errors.UserError as e:
+      raise ConfigError(str(e)) from None
+  check_dataset(config.dataset)
   return model

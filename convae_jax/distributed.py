@@ -8,6 +8,7 @@ few host-side decisions that one process makes alone (the workdir lock, a stop s
 an unreadable checkpoint) the same on every process, so that none is left waiting in a
 collective the others never reach. With one process every function here is a no-op.
 """
+import collections
 import contextlib
 import os
 from typing import Callable, TypeVar
@@ -16,10 +17,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from convae_jax import errors
+
 T = TypeVar('T')
 
 
-class ClusterError(RuntimeError):
+class ClusterError(errors.UserError):
   """jax.distributed.initialize() failed: missing or wrong coordinator, count or id."""
 
 
@@ -67,6 +70,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         f'num_processes={num_processes!r}, process_id={process_id!r}) failed: '
         f'{" ".join(str(e).split())[:500]}; pass --coordinator_address=HOST:PORT '
         '--num_processes=N --process_id=I, or launch under SLURM/Open MPI') from None
+
+
+def check_equal_local_devices() -> None:
+  """Raises ClusterError unless every process has as many devices as the others.
+
+  Each process feeds an equal slice of each global batch to its devices, so the trainer
+  needs equal counts. Every process sees the same global device list: all raise together.
+  """
+  counts = collections.Counter(device.process_index for device in jax.devices())
+  if len(set(counts.values())) > 1:
+    listed = ', '.join(f'process {p}: {n}' for p, n in sorted(counts.items()))
+    raise ClusterError(f'processes have unequal numbers of devices ({listed}); give every '
+                       'process the same number (e.g. the same CUDA_VISIBLE_DEVICES count)')
 
 
 def any_process(flag: bool) -> bool:

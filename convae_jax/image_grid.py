@@ -24,9 +24,11 @@ def tile(images: np.ndarray, columns: int = 8, border: int = 2) -> np.ndarray:
 
 
 def side_by_side_grid(originals: np.ndarray, reconstructions: np.ndarray,
-                      columns: int = 8) -> np.ndarray:
-  """A grid whose cells hold an original above its reconstruction ([N, H, W, C] in [0, 1])."""
-  return tile(np.concatenate([originals, reconstructions], axis=1), columns)
+                      columns: int = 8, gap: int = 1) -> np.ndarray:
+  """A grid whose cells hold an original above its reconstruction ([N, H, W, C] in [0, 1]),
+  `gap` white rows apart so that neither image's edge runs into the other."""
+  spacer = np.ones(originals.shape[:1] + (gap,) + originals.shape[2:], np.float32)
+  return tile(np.concatenate([originals, spacer, reconstructions], axis=1), columns)
 
 
 def save_png(image: np.ndarray, path: str) -> None:

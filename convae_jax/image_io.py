@@ -19,6 +19,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
+from convae_jax import errors, paths
+
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
@@ -186,11 +188,11 @@ def _unique_name(path: str, used: set[str]) -> str:
 
 
 def check_output_dir(output_dir: str, inputs: Iterable[str]) -> None:
-  """Refuses (ValueError) an output folder that holds an input file, or is (or lies inside)
-  an input folder: the outputs never mix with, or overwrite, the inputs."""
+  """Refuses (errors.UserError) an output folder that cannot be made, that holds an input
+  file, or that is (or lies inside) an input folder: the outputs never mix with, or
+  overwrite, the inputs."""
+  paths.check_dir(output_dir, '--output')
   out = os.path.realpath(output_dir)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f'--output {output_dir} is a file; pass a folder for the outputs')
   for entry in inputs:
     if os.path.isdir(entry):
       folder = os.path.realpath(entry)
@@ -200,17 +202,17 @@ def check_output_dir(output_dir: str, inputs: Iterable[str]) -> None:
     else:
       continue
     if out == folder or inside:
-      raise ValueError(f'--output {output_dir} is {"" if out == folder else "inside "}the folder '
-                       f'of input {entry}; choose a folder apart from the inputs so that none '
-                       'is ever overwritten')
+      raise errors.UserError(
+          f'--output {output_dir} is {"" if out == folder else "inside "}the folder of input '
+          f'{entry}; choose a folder apart from the inputs so that none is ever overwritten')
 
 
-def pairs_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cell: int = 128,
+def pairs_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cell: int = 256,
                columns: int = 4, border: int = 4) -> np.ndarray:
   """uint8 grid of (original, reconstruction) uint8 pairs of any sizes, side by side.
 
-  Each image is fitted into a `cell` x `cell` box (`thumbnail`: small ones enlarged by whole
-  factors, nearest neighbour, so their pixels stay visible; large ones shrunk).
+  Each image is shown at full resolution so the loss of detail is visible (`full_view`:
+  small ones enlarged by whole factors, large ones a centre crop of `cell` x `cell`).
   """
   channels = pairs[0][0].shape[-1]
   columns = min(columns, len(pairs))
@@ -222,22 +224,17 @@ def pairs_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], cell: int = 128,
     row, col = divmod(i, columns)
     top, left = border + row * (cell + border), border + col * (pair_width + border)
     for j, pixels in enumerate(pair):
-      thumb = thumbnail(pixels, cell)
+      view = full_view(pixels, cell)
       x = left + j * (cell + border)
-      grid[top:top + thumb.shape[0], x:x + thumb.shape[1]] = thumb
+      grid[top:top + view.shape[0], x:x + view.shape[1]] = view
   return grid
 
 
-def thumbnail(pixels: np.ndarray, cell: int = 128) -> np.ndarray:
-  """uint8 pixels fitted into a `cell` x `cell` box (whole-factor enlargement or shrinking)."""
+def full_view(pixels: np.ndarray, cell: int = 256) -> np.ndarray:
+  """uint8 pixels in a `cell` x `cell` box with no resampling blur: a side longer than
+  `cell` is centre-cropped; a small image is enlarged by a whole factor (nearest)."""
   h, w = pixels.shape[:2]
-  image = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
-  if max(h, w) <= cell:
-    factor = max(1, cell // max(h, w))
-    image = image.resize((w * factor, h * factor), Image.Resampling.NEAREST)
-  else:
-    scale = cell / max(h, w)
-    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                         Image.Resampling.LANCZOS)
-  out = np.asarray(image)
-  return out[..., None] if out.ndim == 2 else out
+  top, left = max(0, (h - cell) // 2), max(0, (w - cell) // 2)
+  pixels = pixels[top:top + cell, left:left + cell]
+  factor = max(1, cell // max(pixels.shape[:2]))
+  return pixels.repeat(factor, axis=0).repeat(factor, axis=1)

@@ -26,20 +26,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from convae_jax import checkpointing, metrics, models, train
+from convae_jax import (checkpointing, config_checks, errors, image_io, metrics, models, paths,
+                        train)
 
 
-class UsageError(ValueError):
+class UsageError(errors.UserError, ValueError):
   """A one-line problem with a workdir, checkpoint, setting or input, and how to fix it."""
-
-
-def available_steps(workdir: str) -> list[int]:
-  """Steps of the finished checkpoints in WORKDIR/checkpoints, oldest first."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
 def config_path(workdir: str, step: int) -> str:
@@ -85,7 +77,7 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
   if not os.path.isdir(workdir):
     raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
                      '(python launch.py --config ... --workdir DIR)')
-  steps = available_steps(workdir)
+  steps = checkpointing.finished_steps(workdir)
   if not steps:
     raise UsageError(f'{workdir} has no checkpoint in {os.path.join(workdir, "checkpoints")}; '
                      f'train first: python launch.py --config configs/cifar.py --workdir '
@@ -105,8 +97,7 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
     raise UsageError(f'{path}: config.model: {e} (a variant of your own: import the module '
                      'that registers it first; the CLI takes --module NAME)') from None
   image_shape = _dataset_image_shape(config, model)
-  target = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
-                                    image_shape)
+  target = train.abstract_train_state(model, train.create_optimizer(config), image_shape)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   try:
     state = checkpointer.restore(target, step)
@@ -124,9 +115,11 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
                       image_shape=image_shape)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class TrainedModel:
-  """A restored model. Image arrays are [N, H, W, C] or [H, W, C], floats in [0, 1]."""
+  """A restored model. Images are arrays [N, H, W, C] or [H, W, C], floats in [0, 1] or
+  uint8; or a list of images of any sizes (arrays [H, W, C], or what image_io.load_images
+  returns), each done at its own size, which gives a list back."""
   model: models.Autoencoder
   config: ml_collections.ConfigDict
   state: train.TrainState  # Host copy: params, model_state (batch stats, ...), step.
@@ -147,6 +140,9 @@ class TrainedModel:
     self._interpolate = jax.jit(
         lambda v, x, y, steps: model.apply(v, x, y, steps, method='interpolate', rngs=rngs),
         static_argnums=(3,))
+
+  def __repr__(self) -> str:
+    return f'TrainedModel(model={self.name!r}, step={self.step}, workdir={self.workdir!r})'
 
   @property
   def name(self) -> str:
@@ -173,7 +169,15 @@ class TrainedModel:
 
   def _as_images(self, images) -> tuple[np.ndarray, bool]:
     """float32 [N, H, W, C] in [0, 1], and whether a single image [H, W, C] was given."""
-    array = np.asarray(images)
+    if isinstance(images, image_io.LoadedImage):
+      images = images.pixels
+    try:
+      array = np.asarray(images)
+    except ValueError:  # A ragged nesting of arrays.
+      array = np.asarray(images, dtype=object)
+    if array.dtype == object:
+      raise UsageError(f'images of different sizes in one array; pass a list of images '
+                       f'[H, W, {self.channels}] instead, each is done at its own size')
     if array.dtype == np.uint8:
       array = array.astype(np.float32) / 255.0
     elif not np.issubdtype(array.dtype, np.floating):
@@ -212,8 +216,10 @@ class TrainedModel:
 
   # The API.
 
-  def reconstruct(self, images, batch_size: int = 32) -> np.ndarray:
+  def reconstruct(self, images, batch_size: int = 32) -> np.ndarray | list[np.ndarray]:
     """Reconstructions of `images` at their own size, floats in [0, 1]."""
+    if isinstance(images, (list, tuple)):
+      return [self.reconstruct(image, batch_size) for image in _single_images(images)]
     array, single = self._as_images(images)
     size = array.shape[1:3]
     padded = self._to_model(array)
@@ -222,8 +228,10 @@ class TrainedModel:
                       size) for s in self._chunks(len(padded), batch_size)])
     return out[0] if single else out
 
-  def encode(self, images, batch_size: int = 32) -> np.ndarray:
+  def encode(self, images, batch_size: int = 32) -> np.ndarray | list[np.ndarray]:
     """Latents [N, H', W', C'] (or [H', W', C']) of the padded images; decode with `size`."""
+    if isinstance(images, (list, tuple)):
+      return [self.encode(image, batch_size) for image in _single_images(images)]
     array, single = self._as_images(images)
     padded = self._to_model(array)
     out = np.concatenate([np.asarray(self._encode(self.variables, padded[s]))
@@ -299,9 +307,18 @@ class TrainedModel:
     metrics) of a TFDS split, by default the config's eval split. Returns the metrics and
     'num_images'."""
     from convae_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    try:
+      input_pipeline.hide_accelerators_from_tensorflow()
+    except RuntimeError:  # TensorFlow already started in this process: leave it.
+      pass
     dataset = dataset or self.config.dataset
     split = split or self.config.eval_split
     data_dir = data_dir if data_dir is not None else self.config.get('data_dir')
+    config_checks.check_dataset(dataset, 'dataset')
+    if data_dir is not None:
+      paths.check_dir(data_dir, 'data_dir', writable=False)
+    if batch_size is not None and batch_size < 1:
+      raise UsageError(f'batch_size={batch_size}: must be 1 or more')
     data = input_pipeline.load_split(dataset, split, data_dir)
     image_shape = data.images.shape[1:]
     if image_shape[0] % self.factor or image_shape[1] % self.factor:
@@ -321,3 +338,13 @@ class TrainedModel:
     scalars = train.evaluate_split(p_eval_step, state, data, eval_batch_size=batch,
                                    devices=devices, base_rng=base_rng)
     return {**scalars, 'num_images': data.num_examples}
+
+
+def _single_images(images: Sequence[Any]) -> list[Any]:
+  """The items of a list of images, each checked to be one image [H, W, C]."""
+  items = [image.pixels if isinstance(image, image_io.LoadedImage) else image for image in images]
+  for i, item in enumerate(items):
+    if np.ndim(item) != 3:
+      raise UsageError(f'images[{i}] has shape {np.shape(item)}: a list holds single images '
+                       '[H, W, C] (or image_io.LoadedImage); pass a batch as one array instead')
+  return items

@@ -11,7 +11,9 @@ gathers and feeds to its devices only its own rows of each global batch (and of 
 batch). So the global batches are the same for any number of processes: a run
 resumes on another number of processes and reaches the same parameters.
 """
+import contextlib
 import dataclasses
+import io
 import os
 import socket
 import urllib.parse
@@ -20,16 +22,23 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from convae_jax import datasets  # noqa: F401  (registers the embedded datasets)
+from convae_jax import errors
 from convae_jax.datasets import import_cifar10
 
 # Datasets built from files that ship with an installed package: preparing them needs no network.
 EMBEDDED_DATASETS = ('photo_patches',)
+PREFETCH_BATCHES = 4  # Train batches tf.data prepares ahead of the step.
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(errors.UserError):
   """The dataset is not in data_dir and cannot be downloaded."""
+
+
+class SplitError(errors.UserError):
+  """A split the dataset does not have, or one that holds no examples."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +65,13 @@ def _unreachable_hosts(builder: tfds.core.DatasetBuilder) -> list[str]:
 
 def _prepare(builder: tfds.core.DatasetBuilder) -> None:
   """Makes sure the prepared dataset exists, failing in a line or two when it cannot."""
-  if builder.name in EMBEDDED_DATASETS:
-    builder.download_and_prepare()
-    return
   data_root = os.path.dirname(os.path.dirname(builder.data_dir))  # Drop NAME/VERSION.
+  if builder.name in EMBEDDED_DATASETS:
+    logging.info('Building the offline dataset %s into %s (once; set --config.data_dir to '
+                 'build it elsewhere)', builder.name, data_root)
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints "Downloading ... Unknown size".
+      builder.download_and_prepare()
+    return
   help_text = (import_cifar10.MISSING_CIFAR10_HELP.format(data_dir=data_root)
                if builder.name == 'cifar10' else
                f'dataset {builder.name!r} is not prepared in {data_root} and could not be '
@@ -79,11 +91,49 @@ def _is_mocked(builder: tfds.core.DatasetBuilder) -> bool:
   return type(builder).download_and_prepare.__name__ == 'mock_download_and_prepare'
 
 
-def prepare(dataset: str, data_dir: str | None) -> None:
-  """Builds (downloads) the dataset in data_dir unless it is there already."""
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What TFDS's metadata says of a prepared dataset, before any image is read.
+
+  Either may be None where the metadata does not say (a dataset of varied image sizes;
+  tfds.testing.mock_data, which has no split metadata).
+  """
+  image_shape: tuple[int, int, int] | None
+  num_examples: dict[str, int | None]
+
+
+def _split_size(builder: tfds.core.DatasetBuilder, split: str, what: str) -> int | None:
+  """Examples in `split` (TFDS slicing such as train[:90%] included); None if unknown."""
+  splits = builder.info.splits
+  if not splits:
+    return None
+  try:
+    size = splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    reason = errors.one_line(e).split(' See format')[0].split(' Should be one of')[0]
+    reason = reason.rstrip('.').replace("'", '').strip('"')
+    raise SplitError(f'{what}={split!r}: {reason}; dataset {builder.name!r} has splits '
+                     f'{", ".join(sorted(splits.keys()))} (slices such as '
+                     f'{sorted(splits.keys())[0]}[:10%] work too)') from None
+  if not size:
+    raise SplitError(f'{what}={split!r} of dataset {builder.name!r} holds no examples; choose '
+                     f'another split or a larger slice')
+  return size
+
+
+def describe(dataset: str, data_dir: str | None, splits: dict[str, str]) -> DatasetInfo:
+  """Prepares `dataset` if needed and checks `splits` ({setting name: split}); reads no images.
+
+  Raises DatasetUnavailableError when the dataset cannot be had, SplitError for a split it
+  does not have or that is empty.
+  """
   builder = tfds.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
     _prepare(builder)
+  num_examples = {split: _split_size(builder, split, what) for what, split in splits.items()}
+  shape = tuple(builder.info.features['image'].shape)
+  return DatasetInfo(image_shape=shape if None not in shape else None,
+                     num_examples=num_examples)
 
 
 def load_split(dataset: str, split: str, data_dir: str | None) -> Split:
@@ -96,10 +146,12 @@ def load_split(dataset: str, split: str, data_dir: str | None) -> Split:
   builder = tfds.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
     _prepare(builder)
+  _split_size(builder, split, 'split')
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  chunks = [c['image'] for c in tfds.as_numpy(ds.batch(10_000).prefetch(1))]
+  chunks = [c['image'] for c in tfds.as_numpy(
+      ds.batch(10_000).with_options(_untuned_options()).prefetch(1))]
   if not chunks:
-    raise ValueError(f'split {split!r} of dataset {dataset!r} is empty; '
+    raise SplitError(f'split {split!r} of dataset {dataset!r} is empty; '
                      'choose another split with --config.train_split / --config.eval_split')
   return Split(images=np.concatenate(chunks))
 
@@ -108,6 +160,15 @@ def to_model_range(images, input_range: tuple[float, float]):
   """Float pixel values [0, 255] -> input_range (works on numpy and jax arrays)."""
   low, high = input_range
   return images * ((high - low) / 255.0) + low
+
+
+def _untuned_options() -> tf.data.Options:
+  """No autotuning: its model thread sleeps between rounds (the rounds grow to a minute
+  apart), and an iterator's destructor waits for it, so runs sat idle at exit. Reading and
+  gathering uint8 rows needs no tuning: one thread and a few batches ahead keep up."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return options
 
 
 def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step: int,
@@ -140,10 +201,10 @@ def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step
 
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_order)
   ds = ds.skip(offset).batch(global_batch_size, drop_remainder=True)
-  ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  options = tf.data.Options()
+  ds = ds.map(gather, num_parallel_calls=1, deterministic=True)
+  options = _untuned_options()
   options.threading.private_threadpool_size = 1  # Leave the CPU cores to XLA.
-  ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  ds = ds.with_options(options).prefetch(PREFETCH_BATCHES)
   return ds.as_numpy_iterator()
 
 
@@ -174,3 +235,6 @@ def num_eval_batches(split: Split, global_batch_size: int) -> int:
 def hide_accelerators_from_tensorflow() -> None:
   """TF only feeds data here: keep it off the GPUs/TPUs so JAX gets all their memory."""
   tf.config.set_visible_devices([], 'GPU')
+
+
+tfds.disable_progress_bar()  # Progress bars of a dataset build flood the log.

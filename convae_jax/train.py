@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import time
 from typing import Any
 
 import flax
@@ -27,8 +28,9 @@ from absl import logging
 from clu import periodic_actions
 from flax.training import train_state
 
-from convae_jax import (checkpointing, config_checks, distributed, image_grid, input_pipeline,
-                        metrics, preemption, workdir as workdir_lib, writers)
+from convae_jax import (checkpointing, config_checks, distributed, errors, image_grid,
+                        input_pipeline, metrics, paths, preemption, workdir as workdir_lib,
+                        writers)
 
 
 class TrainState(train_state.TrainState):
@@ -48,6 +50,12 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                               train=False))
   params = variables.pop('params')
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation,
+                         image_shape: tuple[int, ...]) -> TrainState:
+  """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
+  return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0), image_shape))
 
 
 def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
@@ -154,8 +162,9 @@ def evaluate_split(p_eval_step, state: TrainState, split: input_pipeline.Split, 
       split, global_batch_size=eval_batch_size, num_local_devices=len(devices),
       process_index=jax.process_index(), process_count=jax.process_count())
   totals = None
-  for images, mask in flax.jax_utils.prefetch_to_device(batches, 2, devices):
-    update = p_eval_step(state, images, mask, base_rng)
+  for i, (images, mask) in enumerate(flax.jax_utils.prefetch_to_device(batches, 2, devices)):
+    # Each batch its own key: a model's noise or posterior sample does not repeat per batch.
+    update = p_eval_step(state, images, mask, jax.random.fold_in(base_rng, i))
     totals = update if totals is None else totals.merge(update)
   return {k: float(v) for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
 
@@ -190,54 +199,73 @@ def _unreplicate_to_host(tree):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config`'s model in `workdir`, resuming from its newest readable checkpoint.
 
-  Raises config_checks.ConfigError for a config that cannot work (before anything loads),
-  workdir_lib.WorkdirBusyError if another run holds the workdir, checkpointing.
-  IncompatibleCheckpointError if its checkpoints belong to another model, FloatingPointError
-  on non-finite values (with on_non_finite='stop'), and preemption.Preempted after saving
-  when SIGTERM/SIGINT arrived.
+  Everything a user can get wrong (config, workdir path, dataset, splits, image size) is
+  checked before anything is written, and raises errors.UserError: config_checks.
+  ConfigError, input_pipeline.DatasetUnavailableError or SplitError, workdir_lib.
+  WorkdirBusyError if another run holds the workdir, checkpointing.
+  IncompatibleCheckpointError if its checkpoints belong to another model. A run already
+  trained to its last step returns its state without reading data. Also raises
+  FloatingPointError on non-finite values (with on_non_finite='stop'), and
+  preemption.Preempted after saving when SIGTERM/SIGINT arrived.
   """
-  devices = jax.local_devices()
   model = config_checks.check(config, jax.device_count(), jax.process_count())
+  workdir = paths.check_dir(workdir, '--workdir')
+  distributed.check_equal_local_devices()
+  # Process 0 prepares a missing dataset first, so processes never build it side by side.
+  info = distributed.process_0_first(lambda: input_pipeline.describe(
+      config.dataset, config.data_dir,
+      {'config.train_split': config.train_split, 'config.eval_split': config.eval_split}),
+      errors.UserError)
+  if info.image_shape is not None:
+    _check_image_shape(model, info.image_shape)
+  logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS', '(none)'))
+  logging.info('Config:\n%s', config)
   with contextlib.ExitStack() as stack:
     # Process 0 holds the lock for the run (the others share its workdir); if it cannot,
     # every process stops.
     with distributed.same_outcome(workdir_lib.WorkdirBusyError):
       if jax.process_index() == 0:
         stack.enter_context(workdir_lib.WorkdirLock(workdir))
-    return _train_locked(config, workdir, model, devices)
+    return _train_locked(config, workdir, model, info)
 
 
-def _train_locked(config, workdir, model, devices) -> TrainState:
+def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo) -> TrainState:
+  devices = jax.local_devices()
   input_range = tuple(config.input_range)
-  # Process 0 prepares a missing dataset first, so processes never build it side by side.
-  distributed.process_0_first(lambda: input_pipeline.prepare(config.dataset, config.data_dir),
-                              input_pipeline.DatasetUnavailableError)
-  train_split = input_pipeline.load_split(config.dataset, config.train_split, config.data_dir)
-  eval_split = input_pipeline.load_split(config.dataset, config.eval_split, config.data_dir)
-  image_shape = train_split.images.shape[1:]
-  _check_image_shape(model, image_shape)
-  num_train_steps = _num_train_steps(config, train_split.num_examples)
-  logging.info('%d train / %d eval images of shape %s; %d steps of %d on %d devices',
-               train_split.num_examples, eval_split.num_examples, image_shape, num_train_steps,
-               config.batch_size, jax.device_count())
+  splits = None
+  image_shape = info.image_shape
+  num_train_examples = info.num_examples[config.train_split]
+  if image_shape is None or num_train_examples is None:  # The metadata does not say: read.
+    splits = _load_splits(config)
+    image_shape = splits[0].images.shape[1:]
+    num_train_examples = splits[0].num_examples
+    _check_image_shape(model, image_shape)
+  num_train_steps = _num_train_steps(config, num_train_examples)
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, create_optimizer(config), init_rng, image_shape)
+  tx = create_optimizer(config)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
-  restored = checkpointer.restore_newest_readable(state)
-  if restored is not None:
-    state = restored
+  state = checkpointer.restore_newest_readable(abstract_train_state(model, tx, image_shape))
+  if state is None:
+    state = create_train_state(model, tx, init_rng, image_shape)
+  else:
     logging.info('Resumed from %s at step %d', checkpointer.directory, int(state.step))
   start_step = int(state.step)
+  if start_step >= num_train_steps:  # Decided before any data is read or anything written.
+    checkpointer.close()
+    logging.info('Nothing to do: %s is already trained to step %d of %d. Last evaluation: %s',
+                 workdir, start_step, num_train_steps, _last_eval_line(workdir))
+    return state
+
+  if splits is None:
+    splits = _load_splits(config)
+  train_split, eval_split = splits
+  logging.info('%d train / %d eval images of shape %s; %d steps of %d on %d %s devices',
+               train_split.num_examples, eval_split.num_examples, image_shape, num_train_steps,
+               config.batch_size, jax.device_count(), jax.default_backend())
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
-  if start_step >= num_train_steps:
-    logging.info('Already trained to step %d of %d in %s; nothing to do. Last metrics: %s',
-                 start_step, num_train_steps, workdir, _last_eval_line(workdir))
-    checkpointer.close()
-    writer.close()
-    return state
 
   model_names = _metric_names(model, image_shape)
   train_metrics_cls = metrics.train_collection(model_names)
@@ -254,13 +282,15 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
   grid_indices = np.sort(np.random.default_rng(config.seed).choice(
       eval_split.num_examples, min(config.num_grid_images, eval_split.num_examples),
       replace=False))
+  last_eval = {}
 
   def evaluate(step: int, state) -> None:
     scalars = {f'eval/{k}': v for k, v in evaluate_split(
         p_eval_step, state, eval_split, eval_batch_size=config.eval_batch_size,
         devices=devices, base_rng=step_rng).items()}
     writer.write_scalars(step, scalars)
-    if jax.process_index() > 0:
+    last_eval.update(scalars, step=step)
+    if jax.process_index() > 0 or not len(grid_indices):
       return
     # Pictures: fixed test images above their reconstructions, plus the model's own.
     host_state = _unreplicate_to_host(state)
@@ -288,6 +318,7 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
       hooks.append(periodic_actions.Profile(logdir=workdir,
                                             num_profile_steps=config.profile_num_steps,
                                             first_profile=start_step + 10))
+  progress = _Progress(start_step, num_train_steps, config.batch_size)
 
   state = flax.jax_utils.replicate(state, devices)
   # One dispatch per step for the running averages (an eager merge is ~20 small ops).
@@ -309,6 +340,7 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
         # Logging also checks the values are finite, so it runs before every save.
         if step % config.log_every_steps == 0 or save_now:
           scalars = flax.jax_utils.unreplicate(train_metrics).compute()
+          progress.log(step)
           _check_finite(scalars, last_logged, step, config.on_non_finite, checkpointer)
           writer.write_scalars(step, {f'train/{k}': float(v) for k, v in scalars.items()
                                       if k != 'first_non_finite_step'})
@@ -323,7 +355,52 @@ def _train_locked(config, workdir, model, devices) -> TrainState:
     checkpointer.close()
     writer.flush()
     writer.close()
+  logging.info('Done: trained to step %d of %d in %s. Final evaluation: %s. Outputs in %s: '
+               'metrics.jsonl, images/, checkpoints/%d, TensorBoard events', num_train_steps,
+               num_train_steps, progress.elapsed(), _eval_summary(last_eval), workdir,
+               num_train_steps)
   return _unreplicate_to_host(state)
+
+
+def _load_splits(config) -> tuple[input_pipeline.Split, input_pipeline.Split]:
+  return (input_pipeline.load_split(config.dataset, config.train_split, config.data_dir),
+          input_pipeline.load_split(config.dataset, config.eval_split, config.data_dir))
+
+
+class _Progress:
+  """Log lines that show a run is alive: step, speed since the last line, time left."""
+
+  def __init__(self, start_step: int, num_train_steps: int, batch_size: int):
+    self._start = self._last = (time.monotonic(), start_step)
+    self._num_train_steps, self._batch_size = num_train_steps, batch_size
+
+  def log(self, step: int) -> None:
+    now = time.monotonic()
+    seconds, steps = now - self._last[0], step - self._last[1]
+    self._last = (now, step)
+    if jax.process_index() > 0 or steps <= 0 or seconds <= 0:
+      return
+    left = (self._num_train_steps - step) * seconds / steps
+    logging.info('Step %d of %d (%.0f%%): %.0f images/s, %s left', step, self._num_train_steps,
+                 100 * step / self._num_train_steps, steps * self._batch_size / seconds,
+                 _duration(left))
+
+  def elapsed(self) -> str:
+    return _duration(time.monotonic() - self._start[0])
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s' if minutes else (
+      f'{seconds}s')
+
+
+def _eval_summary(scalars: dict[str, float]) -> str:
+  if not scalars:
+    return '(none)'
+  shown = ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items()) if k.startswith('eval/'))
+  return f'step {scalars["step"]}: {shown}'
 
 
 def _stop_agreed(stop: preemption.StopRequest, step: int, config, is_last: bool) -> bool:
@@ -361,10 +438,10 @@ def _check_finite(scalars: dict[str, Any], last_logged: int, step: int, on_non_f
 
 def _last_eval_line(workdir: str) -> str:
   path = os.path.join(workdir, 'metrics.jsonl')
-  last = '(no metrics.jsonl)'
+  last = {}
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       for line in f:
         if '"eval/' in line:
           last = json.loads(line)
-  return str(last)
+  return _eval_summary(last)

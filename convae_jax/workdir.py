@@ -5,8 +5,10 @@ import os
 import ml_collections
 from absl import logging
 
+from convae_jax import errors
 
-class WorkdirBusyError(RuntimeError):
+
+class WorkdirBusyError(errors.UserError):
   """Another live process is training in this workdir."""
 
 

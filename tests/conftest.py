@@ -1,4 +1,6 @@
 """Shared test setup: 4 fake CPU devices (set before JAX starts), tiny configs, offline data."""
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -45,6 +47,30 @@ def photo_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   tfds.builder('photo_patches', data_dir=data_dir).download_and_prepare()
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def cae_workdir(tmp_path_factory, photo_data_dir):
+  """A cae trained for two steps on photo_patches by the real trainer."""
+  from configs import photos  # pylint: disable=g-import-not-at-top
+  from convae_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('cae'))
+  config = tiny(photos.get_config('cae'), data_dir=photo_data_dir, num_train_steps=2,
+                eval_batch_size=128)
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def run_cli(*argv):
+  """(exit code, stdout, stderr) of `python -m convae_jax.cli ARGV`, run in this process."""
+  from convae_jax import cli  # pylint: disable=g-import-not-at-top
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+      code = e.code
+  return code, out.getvalue(), err.getvalue()
 
 
 def run_launch(args, *, devices: int = 1, timeout: int = 300):

@@ -99,7 +99,9 @@ def test_cli_success_then_already_there(tmp_path, fake, capsys):
 
   assert ic.main(argv) == 0
   out = capsys.readouterr().out
-  assert f'python launch.py --config configs/cifar.py --config.data_dir={data_dir}' in out
+  assert (f'python launch.py --config configs/cifar.py --workdir runs/cae '
+          f'--config.data_dir={data_dir}') in out
+  assert 'Downloading' not in out
   info = next(data_dir.glob('cifar10/*/dataset_info.json'))
   mtime = info.stat().st_mtime_ns
 

@@ -4,8 +4,6 @@ A cae is trained for two steps on photo_patches and a vae checkpoint saved at it
 initialization (once per module); the inputs are generated images of several sizes and modes,
 plus a corrupt and an empty file.
 """
-import contextlib
-import io
 import json
 import os
 import struct
@@ -17,10 +15,10 @@ import pytest
 from PIL import Image
 
 from configs import photos
-from convae_jax import checkpointing, cli, image_grid, image_io, inference, models, train
+from convae_jax import checkpointing, image_grid, image_io, inference, models, train
 from convae_jax import workdir as workdir_lib
 
-from conftest import tiny
+from conftest import run_cli, tiny
 
 GOOD = {  # name: (height, width, what it exercises)
     'rgb': (32, 32, 'RGB PNG'),
@@ -75,15 +73,6 @@ def images_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def cae_workdir(tmp_path_factory, photo_data_dir):
-  workdir = str(tmp_path_factory.mktemp('cae'))
-  config = tiny(photos.get_config('cae'), data_dir=photo_data_dir, num_train_steps=2,
-                eval_batch_size=128)
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-@pytest.fixture(scope='module')
 def vae_workdir(tmp_path_factory, photo_data_dir):
   """A VAE checkpoint at initialization, saved as the trainer saves (its loop is the cae's)."""
   workdir = str(tmp_path_factory.mktemp('vae'))
@@ -101,17 +90,6 @@ def vae_workdir(tmp_path_factory, photo_data_dir):
 @pytest.fixture(scope='module')
 def cae(cae_workdir):
   return inference.load(cae_workdir)
-
-
-def run_cli(*argv):
-  """(exit code, stdout, stderr) of the CLI run in this process."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    try:
-      code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-      code = e.code
-  return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope='module')
@@ -290,3 +268,53 @@ def test_nothing_readable_is_refused(cae_workdir, images_dir, tmp_path):
   assert stderr.splitlines()[-1].startswith('error: no readable image')
   code, _, stderr = run_cli('nope')
   assert code == 2 and stderr.startswith('error: argument MODE')
+
+
+def test_lists_of_images_of_any_size_are_done_each_at_its_size(cae, images_dir):
+  photos = image_io.load_images([images_dir])
+  recons = cae.reconstruct(photos)
+  assert [r.shape for r in recons] == [p.pixels.shape for p in photos]
+  for photo, recon in zip(photos, recons):
+    np.testing.assert_array_equal(recon, cae.reconstruct(photo.pixels))
+  latents = cae.encode([p.pixels for p in photos])
+  assert len(latents) == len(photos) and all(z.ndim == 3 for z in latents)
+  ragged = [photos[0].pixels, np.zeros((9, 7, 3), np.uint8)]
+  with pytest.raises(inference.UsageError, match='different sizes in one array; pass a list'):
+    cae.reconstruct(np.array(ragged, dtype=object))
+  with pytest.raises(inference.UsageError, match=r'images\[0\] has shape \(2, 32, 32, 3\)'):
+    cae.reconstruct([np.zeros((2, 32, 32, 3))])
+
+
+def test_a_loaded_model_prints_in_one_line(cae, cae_workdir):
+  text = repr(cae)
+  assert text == f"TrainedModel(model='cae', step=2, workdir={cae_workdir!r})"
+
+
+def test_the_readme_python_snippet_runs_as_written(cae_workdir, images_dir, tmp_path,
+                                                   monkeypatch):
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'),
+                encoding='utf-8').read()
+  section = readme.split('## Use a trained model')[1].split('\n## ')[0]
+  snippet = section.split('```python\n')[1].split('```')[0]
+  os.makedirs(tmp_path / 'runs')
+  os.symlink(cae_workdir, tmp_path / 'runs' / 'cae')
+  os.symlink(images_dir, tmp_path / 'photos')
+  Image.open(os.path.join(images_dir, 'photo.jpg')).save(tmp_path / 'photo.jpg')
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  exec(compile(snippet, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert isinstance(namespace['recons'], list) and namespace['metrics']['num_images'] > 0
+  np.testing.assert_array_equal(namespace['same'], namespace['recon'])
+
+
+def test_grids_keep_originals_apart_and_show_full_resolution():
+  originals = np.zeros((2, 4, 4, 3), np.float32)
+  grid = image_grid.side_by_side_grid(originals, originals, columns=2)
+  border = 2
+  assert grid.shape == (border + 4 + 1 + 4 + border, border + 2 * (4 + border), 3)
+  assert (grid[border + 4] == 255).all()  # The white row between original and reconstruction.
+  large = np.arange(300 * 400 * 3, dtype=np.uint32).reshape(300, 400, 3).astype(np.uint8)
+  view = image_io.full_view(large, cell=256)
+  np.testing.assert_array_equal(view, large[22:278, 72:328])  # A centre crop, pixel for pixel.
+  small = np.arange(16 * 8 * 3).reshape(16, 8, 3).astype(np.uint8)
+  assert (image_io.full_view(small, cell=64) == small.repeat(4, 0).repeat(4, 1)).all()

@@ -40,6 +40,10 @@ def test_launch_trains_resumes_and_matches_four_devices(tmp_path, photo_data_dir
   flags_line = next(line for line in result.stderr.splitlines() if 'XLA_FLAGS:' in line)
   assert '--xla_force_host_platform_device_count=1' in flags_line
   assert ('--xla_cpu_prefer_vector_width=512' in flags_line) == xla_cpu_flags.cpu_has_avx512()
+  # The run ends with one line that says it is done, with its final figures and outputs.
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'Done: trained to step 6 of 6' in last and 'eval/psnr=' in last and str(one) in last
+  assert 'Traceback' not in result.stderr and 'libtpu' not in result.stderr
 
   # The same global batch over 4 devices reaches the same parameters.
   result = run_launch(_args(four, photo_data_dir, 6), devices=4)

@@ -134,3 +134,13 @@ def test_global_batch_must_divide_over_the_devices_of_all_processes(cifar_config
   with pytest.raises(config_checks.ConfigError, match=r'config.batch_size=12 does not divide '
                      r'over 8 devices of 2 processes; use a multiple of 8'):
     config_checks.check(cifar_config(batch_size=12), 8, 2)
+
+
+def test_unequal_device_counts_are_refused(monkeypatch):
+  device = lambda process: type('Device', (), {'process_index': process})()
+  monkeypatch.setattr(jax, 'devices', lambda: [device(0), device(0), device(1)])
+  with pytest.raises(distributed.ClusterError,
+                     match=r'unequal numbers of devices \(process 0: 2, process 1: 1\)'):
+    distributed.check_equal_local_devices()
+  monkeypatch.setattr(jax, 'devices', lambda: [device(0), device(1)])
+  distributed.check_equal_local_devices()

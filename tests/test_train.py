@@ -150,3 +150,47 @@ def test_non_finite_loss_stops_without_saving(cifar_config, tmp_path):
       train.train_and_evaluate(config, str(tmp_path))
   saved = os.listdir(tmp_path / 'checkpoints') if os.path.exists(tmp_path / 'checkpoints') else []
   assert '6' not in saved
+
+
+def test_a_finished_run_relaunched_reads_no_data_and_writes_nothing(tmp_path, photo_data_dir,
+                                                                    monkeypatch):
+  from configs import photos  # pylint: disable=g-import-not-at-top
+  from conftest import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny(photos.get_config(), data_dir=photo_data_dir, num_train_steps=2)
+  trained = train.train_and_evaluate(config, str(tmp_path))
+  listing = lambda: {name: os.path.getmtime(tmp_path / name) for name in os.listdir(tmp_path)
+                     if name != '.lock'}  # The relaunch holds the lock while it looks.
+  before = listing()
+
+  def no_data(*args, **kwargs):
+    raise AssertionError('a finished run read its data')
+
+  monkeypatch.setattr(input_pipeline, 'load_split', no_data)
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert int(again.step) == 2
+  _params_allclose(trained.params, again.params, rtol=0, atol=0)
+  # No new events file, config or checkpoint; nothing rewritten.
+  assert listing() == before
+
+
+def test_each_eval_batch_draws_its_own_noise(cifar_config):
+  """Identical batches under a random corruption give different losses: one key per batch."""
+  config = cifar_config()
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  config.model = cifar.get_config('denoising').model
+  model = models.create_model(config.model)
+  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+                                   (32, 32, 3))
+  devices = jax.local_devices()
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+  names = train._metric_names(model, (32, 32, 3))  # pylint: disable=protected-access
+  p_eval_step = train.make_p_eval_step(model, (0.0, 1.0), names)
+  replicated = flax.jax_utils.replicate(state, devices)
+  evaluate = lambda split: train.evaluate_split(
+      p_eval_step, replicated, split, eval_batch_size=8, devices=devices,
+      base_rng=jax.random.key(1))
+  one = evaluate(input_pipeline.Split(images))
+  two = evaluate(input_pipeline.Split(np.concatenate([images, images])))
+  # With one key for every batch, two identical batches would average to one batch's loss.
+  assert one['loss'] != two['loss']
+  assert abs(one['loss'] - two['loss']) < 0.1 * one['loss']

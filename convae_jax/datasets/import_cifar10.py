@@ -9,8 +9,9 @@ prepared records are exactly those TFDS writes from the same files.
 `--source` may be `cifar-10-binary.tar.gz`, `cifar-10-python.tar.gz`, their extracted
 folders (`cifar-10-batches-bin/`, `cifar-10-batches-py/`) or a folder holding one of them.
 """
-import argparse
+import contextlib
 import gzip
+import io
 import os
 import pickle
 import shlex
@@ -23,13 +24,16 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from convae_jax import errors, paths
+
 CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 
 MISSING_CIFAR10_HELP = (
     'CIFAR-10 is not in {data_dir} and could not be downloaded. Get cifar-10-binary.tar.gz '
     f'({CIFAR10_URL}) and run `python -m convae_jax.datasets.import_cifar10 --source '
     'cifar-10-binary.tar.gz --data_dir {data_dir}`, then pass --config.data_dir={data_dir};\n'
-    'or try the offline embedded dataset: `python launch.py --config configs/photos.py`.')
+    'or try the offline embedded dataset: `python launch.py --config configs/photos.py '
+    '--workdir runs/photos`.')
 
 _BIN_DIR = 'cifar-10-batches-bin'
 _PY_DIR = 'cifar-10-batches-py'
@@ -43,7 +47,7 @@ _ACCEPTED = (f'cifar-10-binary.tar.gz, cifar-10-python.tar.gz, {_BIN_DIR}/, {_PY
              'or a folder holding one of them')
 
 
-class CifarImportError(Exception):
+class CifarImportError(errors.UserError):
   """Base of the errors a bad `--source` or `--data_dir` raises (one line, with the fix)."""
 
 
@@ -83,6 +87,10 @@ def import_cifar10(source: str, data_dir: str, verbose: bool = True) -> str:
   if not os.path.exists(source):
     raise SourceNotFoundError(f'CIFAR-10 source {source} does not exist; pass the path of '
                               f'{_ACCEPTED}.')
+  try:
+    paths.check_dir(data_dir, '--data_dir')
+  except errors.UserError as e:
+    raise DatasetDirError(str(e)) from None
   builder = tfds.builder('cifar10', data_dir=data_dir)
   data_path = os.fspath(builder.data_path)
   if os.path.exists(data_path):
@@ -265,9 +273,13 @@ def _prepare(builder: tfds.core.DatasetBuilder, root: str, tmp: str) -> None:
   # Only this builder instance is patched; TFDS itself is left as it was.
   builder._make_download_manager = local_download_manager  # pylint: disable=protected-access
   try:
-    builder.download_and_prepare(
-        download_dir=os.path.join(tmp, 'downloads'),
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # TFDS prints "Downloading and preparing ... Unknown size" and progress bars; this says
+    # what it did itself.
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+          download_dir=os.path.join(tmp, 'downloads'),
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   except BaseException:
     # TFDS removes its own incomplete folder; remove the parents it made for it.
     if made_dataset_dir:
@@ -281,19 +293,18 @@ def _prepare(builder: tfds.core.DatasetBuilder, root: str, tmp: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = errors.ArgumentParser(
       description='Prepare the TFDS cifar10 dataset from a local copy of the official files.')
   parser.add_argument('--source', required=True, help=f'one of: {_ACCEPTED}')
   parser.add_argument('--data_dir', required=True, help='TFDS data dir to write cifar10 into')
   args = parser.parse_args(argv)
   try:
     path = import_cifar10(args.source, args.data_dir)
-  except CifarImportError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except errors.UserError as e:
+    return errors.report(e)
   data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
   print(f'CIFAR-10 is ready in {path}')
-  print('Train with: python launch.py --config configs/cifar.py '
+  print('Train with: python launch.py --config configs/cifar.py --workdir runs/cae '
         f'--config.data_dir={shlex.quote(data_dir)}')
   return 0
 

@@ -19,7 +19,8 @@ Variables outside 'params' (batch statistics, EMA codebooks, counters) are updat
 training by declaring them with `self.variable(collection, ...)`; the trainer makes every such
 collection mutable, averages it across devices and checkpoints it.
 """
-from typing import ClassVar
+import numbers
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -37,6 +38,15 @@ class AutoencoderOutput:
 def per_example_mse(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
   """Mean squared error of each example over its pixels and channels: shape [batch]."""
   return jnp.mean(jnp.square(reconstruction - target), axis=tuple(range(1, target.ndim)))
+
+
+def check_widths(model: str, field: str, widths) -> None:
+  """Raises ValueError unless `widths` is one or more positive integers (layer widths)."""
+  values = tuple(widths) if isinstance(widths, Sequence) else ()
+  if not values or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1
+                           for w in values):
+    raise ValueError(f'{model}: {field}={widths!r} must be one or more positive integer widths, '
+                     'one per stride-2 stage')
 
 
 class Autoencoder(nn.Module):

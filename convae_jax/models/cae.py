@@ -46,6 +46,10 @@ class ConvAutoencoder(base.Autoencoder):
 
   output_range = (0.0, 1.0)  # Sigmoid output.
 
+  def __post_init__(self):
+    base.check_widths('cae', 'features', self.features)
+    super().__post_init__()
+
   @property
   def num_downsamplings(self) -> int:
     return len(self.features)

@@ -1,5 +1,7 @@
 """Models by name: `config.model.name` picks the class, the rest of `config.model` its fields."""
 import dataclasses
+import inspect
+import os
 from typing import Callable
 
 import ml_collections
@@ -11,12 +13,27 @@ def register(name: str) -> Callable[[type], type]:
   """Class decorator: makes the model available as `config.model.name = name`."""
 
   def wrap(cls: type) -> type:
-    if name in _MODELS and _MODELS[name] is not cls:
+    if name in _MODELS and not _same_definition(_MODELS[name], cls):
       raise ValueError(f'model name {name!r} is already registered to {_MODELS[name].__name__}')
-    _MODELS[name] = cls
+    _MODELS[name] = cls  # The same file run again (a config file, a notebook cell): its newest.
     return cls
 
   return wrap
+
+
+def _source_file(cls: type) -> str | None:
+  """The file that defines `cls`'s methods (found through flax's method wrappers)."""
+  for value in vars(cls).values():
+    code = getattr(inspect.unwrap(value), '__code__', None) if callable(value) else None
+    if code is not None and not code.co_filename.startswith('<'):
+      return os.path.realpath(code.co_filename)
+  return None
+
+
+def _same_definition(a: type, b: type) -> bool:
+  """Whether two classes are one definition, executed twice (same name, same source file)."""
+  return a is b or (a.__qualname__ == b.__qualname__ and _source_file(a) is not None and
+                    _source_file(a) == _source_file(b))
 
 
 def known_models() -> list[str]:

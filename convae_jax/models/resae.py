@@ -127,10 +127,7 @@ class ResidualAutoencoder(base.Autoencoder):
   output_range = (0.0, 1.0)  # Sigmoid output.
 
   def __post_init__(self):
-    widths = tuple(self.widths) if isinstance(self.widths, Sequence) else None
-    if not widths or not all(_is_int(w) and w >= 1 for w in widths):
-      raise ValueError(f'resae: widths={self.widths!r} must be one or more positive integer '
-                       'widths, one per stride-2 stage')
+    base.check_widths('resae', 'widths', self.widths)
     if not _is_int(self.blocks_per_stage) or self.blocks_per_stage < 0:
       raise ValueError(f'resae: blocks_per_stage={self.blocks_per_stage!r} must be an integer '
                        '>= 0')

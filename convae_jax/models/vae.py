@@ -67,8 +67,7 @@ class VariationalAutoencoder(base.Autoencoder):
       raise ValueError(f'vae: kl_warmup_steps={self.kl_warmup_steps} must be >= 0 (0 = no warm-up)')
     if self.latent_channels < 1:
       raise ValueError(f'vae: latent_channels={self.latent_channels} must be >= 1')
-    if not self.features:
-      raise ValueError('vae: features must name at least one encoder width')
+    base.check_widths('vae', 'features', self.features)
     super().__post_init__()
 
   @property

@@ -99,6 +99,7 @@ class VQVAE(base.Autoencoder):
   output_range = (0.0, 1.0)
 
   def __post_init__(self):
+    base.check_widths('vqvae', 'features', self.features)
     if self.num_codes < 1:
       raise ValueError(f'vqvae: num_codes={self.num_codes} must be >= 1')
     if self.code_dim < 1:
@@ -107,8 +108,6 @@ class VQVAE(base.Autoencoder):
       raise ValueError(f'vqvae: commitment_cost={self.commitment_cost} must be >= 0')
     if not 0.0 < self.ema_decay < 1.0:
       raise ValueError(f'vqvae: ema_decay={self.ema_decay} must lie in (0, 1)')
-    if not self.features:
-      raise ValueError('vqvae: features must name at least one encoder width')
     super().__post_init__()
 
   @property
