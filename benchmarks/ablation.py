@@ -19,7 +19,8 @@ median images/s. Settings, cumulative from the top:
   + pooled bias    the conv's bias added by the pooling (layers.Conv's pool_window), so its
                    gradient is a sum over the pooled gradient: the default setup as shipped
   + 4 micro-batches  config.micro_batches=4, which the README advises on CPU
-  + patch conv     3x3 convs as patches + one matrix product (PatchConv below): tried, not kept
+  + patch conv     3x3 convs as patches + one matrix product (layers' conv='patch'): tried,
+                   not kept
   shipped + no ynn the shipped model and flags plus --xla_cpu_experimental_ynn_fusion_type=
                    (an empty list, which is already the flag's default in jax 0.10.2: this
                    row repeats the shipped one and shows the run-to-run noise)
@@ -34,10 +35,7 @@ import subprocess
 import sys
 from typing import NamedTuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from convae_jax import xla_cpu_flags  # pylint: disable=wrong-import-position
+from convae_jax import xla_cpu_flags
 
 # Formulations, in the order they are switched on.
 LAYERS = ('pool', 'deconv', 'tapsum', 'poolbias', 'conv')
@@ -68,85 +66,21 @@ SETTINGS = [
 ]
 
 
-def define_patch_conv():
-  """The candidate conv formulation (not in the shared layers: it did not pay here)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from convae_jax.models import layers  # pylint: disable=g-import-not-at-top
-
-  class PatchConv(layers.Conv):
-    """Stride-1 convolution as one matrix product over k x k patches (im2col).
-
-    Same function and parameters as `nn.Conv(features, (k, k), padding=padding)`. With few
-    input channels XLA:CPU's convolution runs far below the matrix-product speed; gathering
-    the k*k shifted views into the channel axis turns the layer into one
-    [N*H*W, k*k*in] x [k*k*in, out] product, forward and backward. (Measured: slower than
-    nn.Conv in the whole train step here; README.md "Performance".)
-    """
-
-    def convolve(self, x, kernel):
-      n, h, w, c = x.shape
-      k, p = self.kernel_size, self.padding
-      if k == 1 and p == 0:
-        return jnp.dot(x, kernel[0, 0])
-      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-      out_h, out_w = h + 2 * p - k + 1, w + 2 * p - k + 1
-      # Channel order (a, b, c) matches kernel.reshape(k * k * c, out).
-      patches = jnp.concatenate([x[:, a:a + out_h, b:b + out_w, :]
-                                 for a in range(k) for b in range(k)], axis=-1)
-      return jnp.dot(patches, kernel.reshape(k * k * c, self.features))
-
-  return PatchConv
-
-
-def use_layers(keep: tuple[str, ...]) -> None:
-  """Plain Flax forms for the shared layers not in `keep`; 'conv' in it: PatchConv."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  from convae_jax.models import layers
-
-  if 'pool' not in keep:
-    def flax_max_pool(x, window=2, bias=None):
-      x = x if bias is None else x + bias
-      return nn.max_pool(x, (window, window), (window, window))
-    layers.max_pool = flax_max_pool
-  elif 'poolbias' not in keep:
-    custom_max_pool = layers.max_pool
-
-    def max_pool_of_biased(x, window=2, bias=None):
-      return custom_max_pool(x if bias is None else x + bias, window)
-    layers.max_pool = max_pool_of_biased
-  if 'tapsum' not in keep:
-    layers.TAP_SUM_MAX_IN_FEATURES = 0  # Every conv through lax.conv, as nn.Conv.
-  if 'conv' in keep:
-    patch_conv = define_patch_conv()
-
-    def torch_patch_conv(features, in_features, kernel_size=3, padding=1, name=None,
-                         pool_window=1):
-      init = layers.torch_default_init(in_features * kernel_size**2)
-      return patch_conv(features, kernel_size, padding, name=name, kernel_init=init,
-                        bias_init=init, pool_window=pool_window)
-    layers.torch_conv = torch_patch_conv
-  if 'deconv' not in keep:
-    class LaxConvTranspose(layers.PatchConvTranspose):
-      @nn.compact
-      def __call__(self, x):
-        k = self.stride
-        init = layers.torch_default_init(self.features * k * k)
-        kernel = self.param('kernel', init, (k, k, x.shape[-1], self.features))
-        bias = self.param('bias', init, (self.features,))
-        return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (k, k), 'VALID',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                      transpose_kernel=True) + bias
-    layers.PatchConvTranspose = LaxConvTranspose
+def formulations_of(keep: tuple[str, ...]) -> dict[str, object]:
+  """The layers.Formulations of a setting: plain Flax forms for what `keep` lacks."""
+  return {'pool': 'views' if 'pool' in keep else 'flax',
+          'pooled_bias': 'poolbias' in keep,
+          'conv': 'patch' if 'conv' in keep else 'tap_sum' if 'tapsum' in keep else 'lax',
+          'deconv': 'matmul' if 'deconv' in keep else 'lax'}
 
 
 def worker(args) -> None:
   """One setting, in this process: prints a JSON line {images_per_sec, compile_s}."""
-  use_layers(tuple(filter(None, args.keep.split(','))))
-  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-  result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10,
-                                micro_batches=args.micro_batches)
+  import train_step  # pylint: disable=g-import-not-at-top  (benchmarks/, beside this file)
+  from convae_jax.models import layers  # pylint: disable=g-import-not-at-top
+  with layers.formulations(**formulations_of(tuple(filter(None, args.keep.split(','))))):
+    result = train_step.benchmark('cae', args.batch_size, args.steps, args.windows, warmup=10,
+                                  micro_batches=args.micro_batches)
   print(json.dumps(result))
 
 
@@ -163,7 +97,7 @@ def run_setting(setting: Setting, args) -> dict:
       [sys.executable, __file__, '--worker', '--keep', ','.join(setting.keep),
        '--batch_size', str(args.batch_size), '--steps', str(args.steps),
        '--windows', str(args.windows), '--micro_batches', str(setting.micro_batches)],
-      env=env, capture_output=True, text=True, check=True, cwd=REPO)
+      env=env, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

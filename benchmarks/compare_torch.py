@@ -6,7 +6,7 @@ Both train the same model (7,347 parameters: MSE, Adam 1e-3) on the same random 
 batch. PyTorch runs in the setting that was fastest here (torch.compile of the whole step on
 a channels-last model; --torch_mode picks another); the JAX side is the trainer's own
 pmapped train step, with --micro_batches as its config.micro_batches (4 lets XLA:CPU run
-independent parts on both cores; see README "Performance"). Windows alternate (torch, jax,
+independent parts on both cores; see docs/performance.md). Windows alternate (torch, jax,
 torch, jax, ...) so that machine noise hits both; the median window of each is reported
 with the ratio jax/torch. Needs torch (not a project dependency). Both run with the glibc
 malloc settings of convae_jax/malloc_env.py (set on start unless CONVAE_MALLOC_TUNING=0),
@@ -16,29 +16,24 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from convae_jax import malloc_env, xla_cpu_flags  # pylint: disable=wrong-import-position
+from convae_jax import malloc_env, xla_cpu_flags
 
 if __name__ == '__main__':
   malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
   xla_cpu_flags.apply()  # As launch.py does.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np
 import torch
 
-from benchmarks import train_step  # pylint: disable=wrong-import-position
-from tools import seed_torch  # pylint: disable=wrong-import-position
+import train_step  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
+from convae_jax import torch_seed  # pylint: disable=wrong-import-position
 
 
 def torch_runner(batch_size: int, mode: str):
   torch.manual_seed(0)
-  model = seed_torch.SeedAutoencoder()
+  model = torch_seed.SeedAutoencoder()
   x = torch.rand(batch_size, 3, 32, 32)
   if mode in ('channels_last', 'compile'):
     model = model.to(memory_format=torch.channels_last)

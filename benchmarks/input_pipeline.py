@@ -9,14 +9,9 @@ prepared in --data_dir (see README.md, "Data without network").
 """
 import argparse
 import json
-import os
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from convae_jax import malloc_env  # pylint: disable=wrong-import-position
+from convae_jax import malloc_env
 
 if __name__ == '__main__':
   malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.

@@ -10,15 +10,13 @@ and PSNR on [0, 1] pixels, and the training throughput. Run from anywhere (needs
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from tools import seed_torch  # noqa: E402
+from convae_jax import torch_seed
 
 _EVAL_BATCH = 1000
 
@@ -82,7 +80,7 @@ def main():
   test_images = load_split(args.data_dir, 'test')
   torch.manual_seed(args.seed)
   # channels_last: the same function, about twice as fast on CPU for this model.
-  model = seed_torch.SeedAutoencoder().to(memory_format=torch.channels_last)
+  model = torch_seed.SeedAutoencoder().to(memory_format=torch.channels_last)
   images_per_sec = train(model, train_images, args.epochs, args.batch_size, args.seed)
   test_mse, test_psnr = evaluate(model, test_images)
 

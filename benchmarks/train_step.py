@@ -8,17 +8,12 @@ windows of `--steps` steps after `--warmup` steps; reports the median window in 
 Run it on an otherwise idle machine.
 """
 import argparse
-import functools
 import json
 import os
 import statistics
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from convae_jax import malloc_env, xla_cpu_flags  # pylint: disable=wrong-import-position
+from convae_jax import malloc_env, xla_cpu_flags
 
 if __name__ == '__main__':
   malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
@@ -29,21 +24,17 @@ import jax
 import numpy as np
 
 from configs import cifar  # pylint: disable=wrong-import-position
-from convae_jax import metrics, models, train  # pylint: disable=wrong-import-position
+from convae_jax import models, steps  # pylint: disable=wrong-import-position
 
 
 def make_step(variant: str, batch_size: int, devices, micro_batches: int = 1):
   """(step function, replicated state, device batch) of the trainer's own train step."""
   config = cifar.get_config(variant)
+  config.micro_batches = micro_batches
   model = models.create_model(config.model)
-  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
-  names = train._metric_names(model, (32, 32, 3))  # pylint: disable=protected-access
-  step = jax.pmap(functools.partial(train.train_step, model=model,
-                                    metrics_cls=metrics.train_collection(names),
-                                    input_range=tuple(config.input_range),
-                                    micro_batches=micro_batches),
-                  axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
+  step = steps.make_train_step(config, model, (32, 32, 3))
   images = np.random.default_rng(0).integers(
       0, 256, (len(devices), batch_size // len(devices), 32, 32, 3), dtype=np.uint8)
   batch = next(flax.jax_utils.prefetch_to_device(iter([images]), 1, devices))

@@ -1,6 +1,8 @@
-"""Use a trained model without writing code: `python -m convae_jax.cli MODE --workdir W ...`.
+"""The command line: `convae MODE ...` (installed) or `python -m convae_jax.cli MODE ...`.
 
-Modes (each loads WORKDIR's newest checkpoint, or --step N):
+  train        trains: launch.py's flags (convae train --config configs/cifar.py --workdir W)
+
+The other modes use a trained model; each loads WORKDIR's newest checkpoint, or --step N:
   evaluate     metrics of a TFDS split (mse, psnr, ssim, the model's own): a table and a JSON
                (--output, default WORKDIR/evaluation_SPLIT_STEP.json)
   reconstruct  PNG/JPEG files or folders of any size -> --output DIR: NAME_original.png,
@@ -24,9 +26,9 @@ import sys
 
 import numpy as np
 
-from convae_jax import errors, image_grid, image_io, logs  # Light: no JAX or TensorFlow yet.
+from convae_jax import errors, image_grid, image_io, inference, logs
 
-logs.quiet_tensorflow()
+logs.quiet_tensorflow()  # TensorFlow starts only to read a TFDS split (evaluate).
 
 MAX_GRID_PAIRS = 64
 
@@ -43,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
   inputs.add_argument('inputs', nargs='+', help='PNG/JPEG files and folders of them.')
   inputs.add_argument('--recursive', action='store_true', help='Also read subfolders.')
 
-  parser = errors.ArgumentParser(prog='python -m convae_jax.cli', description=__doc__,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = errors.ArgumentParser(prog=_prog(), description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
   modes = parser.add_subparsers(dest='mode', required=True, metavar='MODE')
+  modes.add_parser('train', add_help=False,
+                   help='Train (launch.py\'s flags: see train --help).')
   p = modes.add_parser('evaluate', parents=[common], help='Metrics on a TFDS split.')
   p.add_argument('--split', default=None, help='TFDS split (default: config.eval_split).')
   p.add_argument('--dataset', default=None, help='TFDS name (default: config.dataset).')
@@ -74,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _prog() -> str:
+  """How the user called this: `convae` (the installed command) or the module."""
+  return 'convae' if os.path.basename(sys.argv[0]) == 'convae' else 'python -m convae_jax.cli'
+
+
 def _note(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
@@ -98,7 +107,6 @@ def _output_dir(path: str, inputs) -> str:
 
 
 def _no_readable_image(inputs) -> Exception:
-  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
   return inference.UsageError(f'no readable image in {" ".join(map(str, inputs))}; pass PNG or '
                               'JPEG files or folders holding them')
 
@@ -157,7 +165,6 @@ def reconstruct(args, trained) -> None:
 
 
 def encode(args, trained) -> None:
-  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
   path = args.output
   if not path.endswith('.npz'):
     raise inference.UsageError(f'--output {path}: name the latents file FILE.npz')
@@ -184,7 +191,6 @@ def encode(args, trained) -> None:
 
 
 def decode(args, trained) -> None:
-  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
   try:
     with np.load(args.latents, allow_pickle=False) as data:
       contents = {key: data[key] for key in data.files}
@@ -221,7 +227,6 @@ def sample(args, trained) -> None:
 
 
 def interpolate(args, trained) -> None:
-  from convae_jax import inference  # pylint: disable=g-import-not-at-top  (TensorFlow)
   out_dir = args.output
   trained.require_can_sample('interpolate')  # Before reading anything.
   images = image_io.load_images(args.inputs, channels=trained.channels, say=_note)
@@ -247,10 +252,11 @@ MODES = {'evaluate': evaluate, 'reconstruct': reconstruct, 'encode': encode, 'de
 
 
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['train']:  # The trainer's own flags (absl): launch.py's command line.
+    from convae_jax import main as train_main  # pylint: disable=g-import-not-at-top  (absl flags)
+    train_main.run([f'{_prog()} train'] + argv[1:])
   args = build_parser().parse_args(argv)
-  # Imported after parsing so that --help stays fast.
-  # pylint: disable=g-import-not-at-top
-  from convae_jax import inference
   logs.quiet_libraries()
   try:
     if args.mode in ('reconstruct', 'interpolate'):  # Refuse a bad --output before loading.

@@ -4,38 +4,40 @@ import math
 
 import ml_collections
 
-from convae_jax import errors, models, paths
+from convae_jax import errors, models, paths, steps, trainer_config
 
-OPTIMIZERS = ('adam', 'adamw', 'sgd')
-ON_NON_FINITE = ('stop', 'skip')
-
-# Every top-level key the trainer reads, with the types it accepts. `model` holds the
-# model's name and settings, which the model class itself checks.
-KEYS = {
-    'dataset': (str,), 'data_dir': (str, type(None)), 'train_split': (str,),
-    'eval_split': (str,), 'input_range': (tuple, list), 'model': (ml_collections.ConfigDict,),
-    'optimizer': (str,), 'learning_rate': (float, int), 'batch_size': (int,),
-    'num_epochs': (float, int), 'num_train_steps': (int,), 'eval_batch_size': (int,),
-    'log_every_steps': (int,), 'eval_every_steps': (int,), 'checkpoint_every_steps': (int,),
-    'max_to_keep': (int,), 'num_grid_images': (int,), 'profile_num_steps': (int,),
-    'seed': (int,), 'on_non_finite': (str,), 'micro_batches': (int,),
-}
 
 
 class ConfigError(errors.UserError, ValueError):
   """A config value that cannot work; the message names the key and what is allowed."""
 
 
+def _allowed_types(reference: ml_collections.ConfigDict, key: str) -> tuple[type, ...]:
+  """The types config.KEY accepts, from its default in trainer_config.defaults()."""
+  kind = reference.get_type(key)  # A placeholder's declared type, too.
+  if reference[key] is None:
+    return (kind, type(None))
+  if kind is float:
+    return (float, int)
+  if kind in (tuple, list):
+    return (tuple, list)
+  return (kind,)
+
+
 def _check_keys_and_types(config: ml_collections.ConfigDict) -> None:
+  reference = trainer_config.defaults()
+  keys = sorted(reference.keys())
   for key in config.keys():
-    if key not in KEYS:
-      close = difflib.get_close_matches(key, KEYS, n=1)
+    if key not in reference:
+      close = difflib.get_close_matches(key, keys, n=1)
       hint = f'did you mean {close[0]}? ' if close else ''
-      raise ConfigError(f'config.{key}: unknown key; {hint}known keys: {", ".join(sorted(KEYS))}')
-  missing = sorted(set(KEYS) - set(config.keys()))
+      raise ConfigError(f'config.{key}: unknown key; {hint}known keys: {", ".join(keys)}')
+  missing = sorted(set(keys) - set(config.keys()))
   if missing:
-    raise ConfigError(f'config.{missing[0]} is missing; start from configs/cifar.py')
-  for key, types in KEYS.items():
+    raise ConfigError(f'config.{missing[0]} is missing; start from trainer_config.defaults(), '
+                      'as configs/cifar.py does')
+  for key in keys:
+    types = _allowed_types(reference, key)
     value = config[key]
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
       allowed = ' or '.join('None' if t is type(None) else t.__name__ for t in types)
@@ -89,12 +91,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   if (config.batch_size // num_devices) % config.micro_batches:
     raise ConfigError(f'config.micro_batches={config.micro_batches} does not divide the '
                       f'{config.batch_size // num_devices} images per device; use a divisor')
-  if config.optimizer not in OPTIMIZERS:
+  if config.optimizer not in steps.OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
-                      f'{", ".join(OPTIMIZERS)}')
-  if config.on_non_finite not in ON_NON_FINITE:
+                      f'{", ".join(steps.OPTIMIZERS)}')
+  if config.on_non_finite not in trainer_config.ON_NON_FINITE:
     raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
-                      f'{", ".join(ON_NON_FINITE)}')
+                      f'{", ".join(trainer_config.ON_NON_FINITE)}')
 
   if len(config.input_range) != 2 or not all(
       isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

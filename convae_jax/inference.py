@@ -26,8 +26,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from convae_jax import (checkpointing, config_checks, errors, image_io, metrics, models, paths,
-                        train)
+from convae_jax import (checkpointing, config_checks, errors, image_io, models, paths, pixels,
+                        steps)
 
 
 class UsageError(errors.UserError, ValueError):
@@ -55,20 +55,19 @@ def read_config(path: str) -> ml_collections.ConfigDict:
     raise UsageError(f'{path} cannot be read as a config ({type(e).__name__}: {e})') from None
 
 
-def _dataset_image_shape(config: ml_collections.ConfigDict, model) -> tuple[int, int, int]:
-  """The training images' shape (TFDS metadata); 32x32 when unknown. Sets the init shape."""
-  channels = getattr(model, 'image_channels', None) or 3
+def _training_image_size(config: ml_collections.ConfigDict, factor: int) -> tuple[int, int]:
+  """The training images' height and width (TFDS metadata; 32x32 when it does not say),
+  rounded up to a multiple of `factor`: the default size of `sample`."""
   height = width = 32
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TensorFlow)
     from convae_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import
     shape = tfds.builder(config.dataset, data_dir=config.get('data_dir')).info.features[
         'image'].shape
-    height, width, channels = (d or default for d, default in zip(shape, (32, 32, channels)))
+    height, width = (d or default for d, default in zip(shape[:2], (32, 32)))
   except Exception:  # pylint: disable=broad-except  # Unknown or custom dataset: the defaults.
     pass
-  factor = 2**model.num_downsamplings
-  return (-(-height // factor) * factor, -(-width // factor) * factor, channels)
+  return (-(-height // factor) * factor, -(-width // factor) * factor)
 
 
 def load(workdir: str, step: int | None = None) -> 'TrainedModel':
@@ -77,16 +76,16 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
   if not os.path.isdir(workdir):
     raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
                      '(python launch.py --config ... --workdir DIR)')
-  steps = checkpointing.finished_steps(workdir)
-  if not steps:
+  saved_steps = checkpointing.finished_steps(workdir)
+  if not saved_steps:
     raise UsageError(f'{workdir} has no checkpoint in {os.path.join(workdir, "checkpoints")}; '
                      f'train first: python launch.py --config configs/cifar.py --workdir '
                      f'{workdir}')
   if step is None:
-    step = steps[-1]
-  elif step not in steps:
+    step = saved_steps[-1]
+  elif step not in saved_steps:
     raise UsageError(f'{workdir} has no checkpoint at step {step}; available steps: '
-                     f'{", ".join(map(str, steps))}')
+                     f'{", ".join(map(str, saved_steps))}')
   path = config_path(workdir, step)
   config = read_config(path)
   if 'model' not in config:
@@ -96,13 +95,16 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
   except (ValueError, TypeError, AttributeError) as e:
     raise UsageError(f'{path}: config.model: {e} (a variant of your own: import the module '
                      'that registers it first; the CLI takes --module NAME)') from None
-  image_shape = _dataset_image_shape(config, model)
-  target = train.abstract_train_state(model, train.create_optimizer(config), image_shape)
+  # The models are fully convolutional: their parameters do not depend on the image size.
+  factor = 2**model.num_downsamplings
+  channels = model.image_channels
+  target = steps.abstract_train_state(model, steps.create_optimizer(config),
+                                      (factor, factor, channels))
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   try:
     state = checkpointer.restore(target, step)
   except Exception as e:  # pylint: disable=broad-except  # Any failure means the same here.
-    others = [s for s in steps if s != step]
+    others = [s for s in saved_steps if s != step]
     reason = (str(e).splitlines() or [''])[0].split('. ')[0][:200]
     raise UsageError(
         f'checkpoint {step} in {checkpointer.directory} cannot be restored into the model of '
@@ -112,7 +114,7 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
   finally:
     checkpointer.close()
   return TrainedModel(model=model, config=config, state=state, step=step, workdir=workdir,
-                      image_shape=image_shape)
+                      channels=channels)
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -122,10 +124,10 @@ class TrainedModel:
   returns), each done at its own size, which gives a list back."""
   model: models.Autoencoder
   config: ml_collections.ConfigDict
-  state: train.TrainState  # Host copy: params, model_state (batch stats, ...), step.
+  state: steps.TrainState  # Host copy: params, model_state (batch stats, ...), step.
   step: int
   workdir: str
-  image_shape: tuple[int, int, int]  # The training images' shape (the default for sample).
+  channels: int  # Of the images the model takes and gives.
 
   def __post_init__(self):
     model = self.model
@@ -158,12 +160,8 @@ class TrainedModel:
     return tuple(self.config.input_range)
 
   @property
-  def channels(self) -> int:
-    return self.image_shape[-1]
-
-  @property
   def can_sample(self) -> bool:
-    return bool(getattr(self.model, 'can_sample', False))
+    return self.model.can_sample
 
   # Pixels in and out.
 
@@ -202,11 +200,10 @@ class TrainedModel:
     pad_h, pad_w = -h % self.factor, -w % self.factor
     if pad_h or pad_w:
       images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
-    low, high = self.input_range
-    return (images * (high - low) + low).astype(np.float32)
+    return pixels.from_unit_range(images, self.input_range).astype(np.float32)
 
   def _to_unit(self, outputs, size: tuple[int, int] | None = None) -> np.ndarray:
-    images = np.clip(metrics.to_unit_range(np.asarray(outputs, np.float32), self.input_range),
+    images = np.clip(pixels.to_unit_range(np.asarray(outputs, np.float32), self.input_range),
                      0.0, 1.0)
     return images if size is None else images[:, :size[0], :size[1]]
 
@@ -278,7 +275,9 @@ class TrainedModel:
     """`num` images [num, H, W, C] in [0, 1] drawn from the prior (the training size unless
     `height`/`width` are given; they must divide by `factor`)."""
     self.require_can_sample('sample')
-    height, width = height or self.image_shape[0], width or self.image_shape[1]
+    if height is None or width is None:
+      default = _training_image_size(self.config, self.factor)
+      height, width = height or default[0], width or default[1]
     if num < 1 or height % self.factor or width % self.factor:
       raise UsageError(f'sample: num={num} must be >= 1 and the size {height}x{width} must '
                        f'divide by {self.factor}')
@@ -330,13 +329,14 @@ class TrainedModel:
     devices = jax.local_devices()
     batch = batch_size or self.config.eval_batch_size
     batch = -(-batch // len(devices)) * len(devices)
-    names = train._metric_names(self.model, image_shape)  # pylint: disable=protected-access
-    p_eval_step = train.make_p_eval_step(self.model, self.input_range, names)
+    p_eval_step = steps.make_eval_step(self.model, self.input_range, image_shape)
     state = flax.jax_utils.replicate(self.state.replace(opt_state=None), devices)
     # The trainer's evaluation key, so a stochastic model scores as in training.
     base_rng = jax.random.split(jax.random.key(self.config.seed))[1]
-    scalars = train.evaluate_split(p_eval_step, state, data, eval_batch_size=batch,
-                                   devices=devices, base_rng=base_rng)
+    batches = input_pipeline.eval_batches(
+        data, global_batch_size=batch, num_local_devices=len(devices),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    scalars = steps.evaluate(p_eval_step, state, batches, devices, base_rng)
     return {**scalars, 'num_images': data.num_examples}
 
 

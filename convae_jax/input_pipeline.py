@@ -156,12 +156,6 @@ def load_split(dataset: str, split: str, data_dir: str | None) -> Split:
   return Split(images=np.concatenate(chunks))
 
 
-def to_model_range(images, input_range: tuple[float, float]):
-  """Float pixel values [0, 255] -> input_range (works on numpy and jax arrays)."""
-  low, high = input_range
-  return images * ((high - low) / 255.0) + low
-
-
 def _untuned_options() -> tf.data.Options:
   """No autotuning: its model thread sleeps between rounds (the rounds grow to a minute
   apart), and an iterator's destructor waits for it, so runs sat idle at exit. Reading and
@@ -178,7 +172,8 @@ def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step
 
   The pixels stay uint8 until the train step normalizes them on the device (fused into the
   first layer there): a quarter of the bytes for tf.data to produce and for the host to copy
-  to the device, which otherwise costs ~7% of a CPU run (README "Performance").
+  to the device, which matters on a CPU where the host shares the cores with the step
+  (docs/performance.md).
   Every process walks the same global index stream and gathers its own slice of each
   global batch, so the global batch is the same whatever the number of processes.
   """

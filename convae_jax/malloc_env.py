@@ -1,16 +1,16 @@
 """glibc malloc settings that keep freed activation buffers in the process (opt-in).
 
 By default glibc hands large freed blocks back to the kernel, so every training step maps
-fresh pages for its activations and takes a page fault for each one (about 8,000 a step for
-the seed model at batch 128 here, ~2 us each on a VM). These settings keep the memory
-instead: the seed's CPU train step ran 1.5x faster with them. They are read when the process
+fresh pages for its activations and takes a page fault for each one, which is costly on a
+VM. These settings keep the memory instead (what that buys: docs/performance.md). They are
+read when the process
 starts, so `ensure()` re-executes the current command with them once, before JAX or
 TensorFlow is imported. Values already in the environment win.
 
 Opt-in for training (CONVAE_MALLOC_TUNING=1): with them, the tools/crash_test.py run here
 once ended a few float ulps away from the uninterrupted run, while bitwise resume held
 without them. Benchmarks turn them on unless CONVAE_MALLOC_TUNING=0.
-See README.md "Performance".
+See docs/performance.md.
 """
 import os
 import platform

@@ -15,17 +15,14 @@ import jax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 
-
-def to_unit_range(x: jax.Array, value_range: tuple[float, float]) -> jax.Array:
-  low, high = value_range
-  return (x - low) / (high - low)
+from convae_jax import pixels
 
 
 def image_metrics(reconstruction: jax.Array, target: jax.Array,
                   value_range: tuple[float, float]) -> dict[str, jax.Array]:
   """Per-image mse, psnr and ssim on [0, 1] pixels; each of shape [batch]."""
-  reconstruction = jnp.clip(to_unit_range(reconstruction, value_range), 0.0, 1.0)
-  target = to_unit_range(target, value_range)
+  reconstruction = jnp.clip(pixels.to_unit_range(reconstruction, value_range), 0.0, 1.0)
+  target = pixels.to_unit_range(target, value_range)
   mse = jnp.mean(jnp.square(reconstruction - target), axis=(1, 2, 3))
   return {
       'mse': mse,

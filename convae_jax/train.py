@@ -1,7 +1,7 @@
 """The one trainer: any registered autoencoder on any TFDS image dataset.
 
-`train_and_evaluate(config, workdir)` trains with a jitted, pmapped step over the local
-devices (gradients and metrics averaged with `lax.pmean`), evaluates on the whole eval
+`train_and_evaluate(config, workdir)` trains with the jitted, pmapped step of steps.py over
+the local devices (gradients and metrics averaged with `lax.pmean`), evaluates on the whole eval
 split, writes metrics and pictures, checkpoints with Orbax and resumes from the newest
 readable checkpoint when launched again on the same workdir. Data order and randomness are
 functions of (seed, step), so a resumed run ends bitwise where an unstopped one would.
@@ -10,172 +10,22 @@ collectives span all processes' devices, each process feeds its slice of each gl
 and process 0 alone writes metrics, pictures and the config.
 """
 import contextlib
-import functools
 import json
 import math
 import os
 import time
 from typing import Any
 
-import flax
 import flax.jax_utils
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import periodic_actions
-from flax.training import train_state
 
 from convae_jax import (checkpointing, config_checks, distributed, errors, image_grid,
-                        input_pipeline, metrics, paths, preemption, workdir as workdir_lib,
+                        input_pipeline, paths, pixels, preemption, steps, workdir as workdir_lib,
                         writers)
-
-
-class TrainState(train_state.TrainState):
-  # Variables other than params (batch statistics, EMA codebooks, ...), updated by the model.
-  model_state: Any = flax.struct.field(default_factory=dict)
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return {'adam': optax.adam, 'adamw': optax.adamw, 'sgd': optax.sgd}[config.optimizer](
-      config.learning_rate)
-
-
-def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
-  init_rngs = {name: jax.random.fold_in(rng, i + 1) for i, name in enumerate(model.rng_streams)}
-  variables = dict(model.init({'params': rng, **init_rngs}, jnp.zeros((1,) + image_shape),
-                              train=False))
-  params = variables.pop('params')
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
-
-
-def abstract_train_state(model, tx: optax.GradientTransformation,
-                         image_shape: tuple[int, ...]) -> TrainState:
-  """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
-  return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0), image_shape))
-
-
-def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
-  """Keys for the model's random streams: a function of (seed, step, device) only."""
-  rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), jax.lax.axis_index('batch'))
-  return {name: jax.random.fold_in(rng, i) for i, name in enumerate(model.rng_streams)}
-
-
-def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
-  """Runs the model; returns (output, updated model_state)."""
-  variables = {'params': params, **state.model_state}
-  mutable = list(state.model_state) if train else False
-  if not mutable:
-    return model.apply(variables, images, train=train, rngs=rngs), state.model_state
-  return model.apply(variables, images, train=train, rngs=rngs, mutable=mutable)
-
-
-def model_input(images: jax.Array, input_range: tuple[float, float]) -> jax.Array:
-  """The input pipeline's uint8 pixels as float32 in `input_range`, computed on the device.
-
-  Float images are taken to be in `input_range` already.
-  """
-  if images.dtype != jnp.uint8:
-    return images
-  return input_pipeline.to_model_range(images.astype(jnp.float32), input_range)
-
-
-def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
-               metrics_cls, input_range: tuple[float, float], skip_non_finite: bool = False,
-               micro_batches: int = 1) -> tuple[TrainState, Any]:
-  """One optimizer step on this device's share of the global batch (inside pmap).
-
-  `images` are uint8 pixels (see `model_input`), or float images in `input_range`.
-  A step whose loss or gradients are not finite is flagged in the metrics; with
-  `skip_non_finite` its update is dropped (the step counter still advances). With
-  `micro_batches` > 1 the share is split into that many equal parts whose losses, gradients
-  and model state are averaged: the parts are independent in the compiled step, so XLA:CPU,
-  which runs each convolution on one core, runs them side by side.
-  """
-  step_rngs = _step_rngs(model, base_rng, state.step)
-  images = model_input(images, input_range)
-
-  def loss_fn(params, images, rngs):
-    output, model_state = _apply(model, state, params, images, train=True, rngs=rngs)
-    terms = {name: jnp.mean(term) for name, term in output.losses.items()}
-    values = {f'loss_{name}': term for name, term in terms.items()}
-    values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
-    return sum(terms.values()), (values, model_state)
-
-  parts = []
-  for i, part in enumerate(jnp.split(images, micro_batches)):
-    rngs = step_rngs if i == 0 else {k: jax.random.fold_in(r, i) for k, r in step_rngs.items()}
-    parts.append(jax.value_and_grad(loss_fn, has_aux=True)(state.params, part, rngs))
-  mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
-  (loss, (values, model_state)), grads = jax.tree.map(
-      lambda *xs: mean(*xs) if jnp.issubdtype(xs[0].dtype, jnp.inexact) else xs[0], *parts)
-  grads = jax.lax.pmean(grads, axis_name='batch')
-  # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
-  model_state = jax.tree.map(
-      lambda x: jax.lax.pmean(x, 'batch') if jnp.issubdtype(x.dtype, jnp.inexact) else x,
-      model_state)
-  new_state = state.apply_gradients(grads=grads, model_state=model_state)
-  grad_norm = optax.global_norm(grads)
-  loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), 'batch') > 0
-  finite = loss_finite & jnp.isfinite(grad_norm)
-  if skip_non_finite:
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    new_state = kept.replace(step=new_state.step)
-  values.update(loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params))
-  values.update(non_finite_loss=1.0 - loss_finite, non_finite_grads=1.0 - jnp.isfinite(grad_norm),
-                first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0))
-  # Skipped steps don't pollute the averages; the non_finite_* flags count every step.
-  # (Shape [1]: clu masks only values with a leading axis.)
-  mask = finite[None] if skip_non_finite else None
-  return new_state, metrics_cls.gather_from_model_output(
-      mask=mask, **{name: jnp.reshape(value, (1,)) for name, value in values.items()})
-
-
-def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: jax.Array, *,
-              model, value_range: tuple[float, float], metrics_cls):
-  """Per-image metrics of one eval batch; `mask` drops the padding of the last batch."""
-  images = model_input(images, value_range)
-  output, _ = _apply(model, state, state.params, images, train=False,
-                     rngs=_step_rngs(model, base_rng, state.step))
-  values = metrics.image_metrics(output.reconstruction, images, value_range)
-  values['loss'] = sum(output.losses.values())
-  values.update({f'loss_{name}': term for name, term in output.losses.items()})
-  values.update(output.metrics)
-  return metrics_cls.gather_from_model_output(mask=mask, **values)
-
-
-def make_p_eval_step(model, input_range: tuple[float, float], model_names: list[str]):
-  """`eval_step` pmapped over the local devices: averages of mse, psnr, ssim, loss, model_names."""
-  metrics_cls = metrics.averages_collection(['loss', 'mse', 'psnr', 'ssim'] + list(model_names))
-  return jax.pmap(functools.partial(eval_step, model=model, value_range=input_range,
-                                    metrics_cls=metrics_cls),
-                  axis_name='batch', in_axes=(0, 0, 0, None))
-
-
-def evaluate_split(p_eval_step, state: TrainState, split: input_pipeline.Split, *,
-                   eval_batch_size: int, devices, base_rng: jax.Array) -> dict[str, float]:
-  """Metrics of the replicated `state` over the whole `split`, each image counted once."""
-  batches = input_pipeline.eval_batches(
-      split, global_batch_size=eval_batch_size, num_local_devices=len(devices),
-      process_index=jax.process_index(), process_count=jax.process_count())
-  totals = None
-  for i, (images, mask) in enumerate(flax.jax_utils.prefetch_to_device(batches, 2, devices)):
-    # Each batch its own key: a model's noise or posterior sample does not repeat per batch.
-    update = p_eval_step(state, images, mask, jax.random.fold_in(base_rng, i))
-    totals = update if totals is None else totals.merge(update)
-  return {k: float(v) for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
-
-
-def _metric_names(model, image_shape) -> list[str]:
-  """Names of the model's loss terms (as 'loss_NAME') and metrics, read off its output."""
-  rngs = lambda: {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
-  images = jnp.zeros((1,) + image_shape)
-  variables = jax.eval_shape(lambda: model.init(rngs(), images, train=False))
-  output = jax.eval_shape(lambda v: model.apply(v, images, train=False, rngs=rngs()), variables)
-  return [f'loss_{name}' for name in output.losses] + list(output.metrics)
 
 
 def _num_train_steps(config, num_train_examples: int) -> int:
@@ -196,7 +46,7 @@ def _unreplicate_to_host(tree):
   return jax.device_get(flax.jax_utils.unreplicate(tree))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps.TrainState:
   """Trains `config`'s model in `workdir`, resuming from its newest readable checkpoint.
 
   Everything a user can get wrong (config, workdir path, dataset, splits, image size) is
@@ -229,7 +79,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return _train_locked(config, workdir, model, info)
 
 
-def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo) -> TrainState:
+def _train_locked(config, workdir: str, model,
+                  info: input_pipeline.DatasetInfo) -> steps.TrainState:
   devices = jax.local_devices()
   input_range = tuple(config.input_range)
   splits = None
@@ -243,11 +94,11 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo)
   num_train_steps = _num_train_steps(config, num_train_examples)
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  tx = create_optimizer(config)
+  tx = steps.create_optimizer(config)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
-  state = checkpointer.restore_newest_readable(abstract_train_state(model, tx, image_shape))
+  state = checkpointer.restore_newest_readable(steps.abstract_train_state(model, tx, image_shape))
   if state is None:
-    state = create_train_state(model, tx, init_rng, image_shape)
+    state = steps.create_train_state(model, tx, init_rng, image_shape)
   else:
     logging.info('Resumed from %s at step %d', checkpointer.directory, int(state.step))
   start_step = int(state.step)
@@ -267,14 +118,8 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo)
     workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
 
-  model_names = _metric_names(model, image_shape)
-  train_metrics_cls = metrics.train_collection(model_names)
-  p_train_step = jax.pmap(
-      functools.partial(train_step, model=model, metrics_cls=train_metrics_cls,
-                        input_range=input_range, skip_non_finite=config.on_non_finite == 'skip',
-                        micro_batches=config.micro_batches),
-      axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,))
-  p_eval_step = make_p_eval_step(model, input_range, model_names)
+  p_train_step = steps.make_train_step(config, model, image_shape)
+  p_eval_step = steps.make_eval_step(model, input_range, image_shape)
   pictures = jax.jit(lambda variables, x: model.apply(
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)
                           for i, s in enumerate(model.rng_streams)},
@@ -285,21 +130,23 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo)
   last_eval = {}
 
   def evaluate(step: int, state) -> None:
-    scalars = {f'eval/{k}': v for k, v in evaluate_split(
-        p_eval_step, state, eval_split, eval_batch_size=config.eval_batch_size,
-        devices=devices, base_rng=step_rng).items()}
+    batches = input_pipeline.eval_batches(
+        eval_split, global_batch_size=config.eval_batch_size, num_local_devices=len(devices),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    scalars = {f'eval/{k}': v for k, v in steps.evaluate(
+        p_eval_step, state, batches, devices, step_rng).items()}
     writer.write_scalars(step, scalars)
     last_eval.update(scalars, step=step)
     if jax.process_index() > 0 or not len(grid_indices):
       return
     # Pictures: fixed test images above their reconstructions, plus the model's own.
     host_state = _unreplicate_to_host(state)
-    originals = input_pipeline.to_model_range(
-        eval_split.images[grid_indices].astype(np.float32), input_range)
+    originals = pixels.to_model_range(eval_split.images[grid_indices].astype(np.float32),
+                                      input_range)
     recons, extra = jax.device_get(pictures(
         {'params': host_state.params, **host_state.model_state}, originals))
     grids = {'reconstructions': image_grid.side_by_side_grid(
-        metrics.to_unit_range(originals, input_range), metrics.to_unit_range(recons, input_range))}
+        pixels.to_unit_range(originals, input_range), pixels.to_unit_range(recons, input_range))}
     grids.update({name: image_grid.tile(images) for name, images in extra.items()})
     writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
     for name, grid in grids.items():

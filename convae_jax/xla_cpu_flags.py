@@ -1,10 +1,9 @@
 """XLA:CPU code-generation flags that speed up training on CPUs with AVX-512 (on by default).
 
-XLA:CPU asks LLVM for 256-bit vectors even where the CPU has 512-bit ones. With 512-bit
-vectors the seed's fused elementwise work (the tap-sum first conv with its max pooling, the
-pooling gradients) ran up to 2x faster on this AVX-512 machine, and its whole CPU train step
-~9% faster (README.md, "Performance"). XLA reads XLA_FLAGS when the first JAX backend starts,
-so `apply()` must run before any JAX computation. A flag already in XLA_FLAGS wins (put
+XLA:CPU asks LLVM for 256-bit vectors even where the CPU has 512-bit ones; the seed's fused
+elementwise work (the tap-sum first conv with its max pooling, the pooling gradients) runs
+faster with 512-bit vectors (docs/performance.md). XLA reads XLA_FLAGS when the first JAX
+backend starts, so `apply()` must run before any JAX computation. A flag already in XLA_FLAGS wins (put
 `--xla_cpu_prefer_vector_width=256` there to turn this off). GPU and TPU compilers ignore it.
 """
 import os

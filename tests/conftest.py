@@ -9,13 +9,14 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Compile with few optimizations, as Flax's example tests do: the tests' tiny steps are
+# dominated by compile time. Fresh processes (launch.py) inherit it.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 
 def tiny(config, **overrides):

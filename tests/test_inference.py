@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from configs import photos
-from convae_jax import checkpointing, image_grid, image_io, inference, models, train
+from convae_jax import checkpointing, image_grid, image_io, inference, models, steps
 from convae_jax import workdir as workdir_lib
 
 from conftest import run_cli, tiny
@@ -78,7 +78,7 @@ def vae_workdir(tmp_path_factory, photo_data_dir):
   workdir = str(tmp_path_factory.mktemp('vae'))
   config = tiny(photos.get_config('vae'), data_dir=photo_data_dir)
   model = models.create_model(config.model)
-  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   workdir_lib.save_config(config, workdir, 0)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
@@ -318,3 +318,15 @@ def test_grids_keep_originals_apart_and_show_full_resolution():
   np.testing.assert_array_equal(view, large[22:278, 72:328])  # A centre crop, pixel for pixel.
   small = np.arange(16 * 8 * 3).reshape(16, 8, 3).astype(np.uint8)
   assert (image_io.full_view(small, cell=64) == small.repeat(4, 0).repeat(4, 1)).all()
+
+
+def test_using_a_trained_model_starts_no_tensorflow():
+  """inference and the CLI import TensorFlow only to read a TFDS split (evaluate)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys\n'
+          'import convae_jax.inference, convae_jax.cli, convae_jax.steps\n'
+          'loaded = [m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules]\n'
+          'assert not loaded, loaded\n')
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=120,
+                 env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -4,9 +4,10 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import run_launch
-from convae_jax import checkpointing, models, train, xla_cpu_flags
+from convae_jax import checkpointing, models, steps, xla_cpu_flags
 
 
 def _args(workdir, data_dir, steps):
@@ -19,11 +20,12 @@ def _args(workdir, data_dir, steps):
 
 def _final_params(workdir, config):
   model = models.create_model(config.model)
-  template = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+  template = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                       (32, 32, 3))
   return checkpointing.Checkpointer(str(workdir), 3).restore(template).params
 
 
+@pytest.mark.slow
 def test_launch_trains_resumes_and_matches_four_devices(tmp_path, photo_data_dir):
   one, four = tmp_path / 'one_device', tmp_path / 'four_devices'
   result = run_launch(_args(one, photo_data_dir, 6), devices=1)
@@ -63,6 +65,7 @@ def test_launch_trains_resumes_and_matches_four_devices(tmp_path, photo_data_dir
   assert steps == sorted(steps)  # No step was trained twice.
 
 
+@pytest.mark.slow
 def test_launch_refuses_unreachable_input_range_in_one_line(tmp_path, photo_data_dir):
   result = run_launch(['--config', 'configs/photos.py', '--workdir', str(tmp_path),
                        f'--config.data_dir={photo_data_dir}', '--config.input_range=(-1.0, 1.0)'])

@@ -6,7 +6,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from benchmarks import ablation
 from convae_jax import models
 from convae_jax.models import layers
 
@@ -66,20 +65,20 @@ def test_patch_conv_transpose_matches_lax_conv_transpose():
 
 @pytest.mark.parametrize('in_features,kernel_size,padding',
                          [(3, 3, 1), (1, 3, 0), (5, 1, 0), (5, 3, 0), (8, 5, 2)])
-@pytest.mark.parametrize('conv', ['shipped', 'benchmarked_patch_conv'])
+@pytest.mark.parametrize('conv', ['auto', 'tap_sum', 'lax', 'patch'])
 def test_conv_matches_flax_conv(conv, in_features, kernel_size, padding):
-  # layers.Conv: few input channels take the tap-sum forward pass, more take lax.conv.
-  # benchmarks/ablation.py times its patch conv against nn.Conv: it must be the same function.
-  module = layers.Conv if conv == 'shipped' else ablation.define_patch_conv()
+  # Every formulation of layers.Conv is nn.Conv's function ('auto': tap sums for few input
+  # channels on CPU, lax.conv otherwise; 'patch' is the ablation's candidate).
   x = jax.random.normal(jax.random.key(0), (2, 9, 7, in_features))
-  layer = module(6, kernel_size, padding)
+  layer = layers.Conv(6, kernel_size, padding)
   params = layer.init(jax.random.key(1), x)
   reference = nn.Conv(6, (kernel_size, kernel_size), padding=padding)
-  np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
-                             rtol=1e-5, atol=1e-5)
-  # Same gradients too: training depends on the backward pass, not only on the forward.
-  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-  ours = jax.grad(loss(layer), argnums=(0, 1))(params, x)
+  with layers.formulations(conv=conv):
+    np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+    # Same gradients too: training depends on the backward pass, not only on the forward.
+    loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+    ours = jax.grad(loss(layer), argnums=(0, 1))(params, x)
   theirs = jax.grad(loss(reference), argnums=(0, 1))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)
 
@@ -131,23 +130,36 @@ def test_conv_with_pool_window_is_conv_then_max_pool():
 
 
 
-@pytest.mark.parametrize('keep', sorted({setting.keep for setting in ablation.SETTINGS}))
-def test_every_ablation_setting_computes_the_seed_function(monkeypatch, keep):
-  # benchmarks/ablation.py swaps layer formulations; each row must time the same model.
+FORMULATIONS = [{}, {'pool': 'flax'}, {'pooled_bias': False}, {'conv': 'lax'},
+                 {'conv': 'tap_sum'}, {'conv': 'patch'}, {'deconv': 'lax'},
+                 {'pool': 'flax', 'pooled_bias': False, 'conv': 'lax', 'deconv': 'lax'}]
+
+
+@pytest.mark.parametrize('changes', FORMULATIONS, ids=lambda c: ','.join(
+    f'{k}={v}' for k, v in c.items()) or 'default')
+def test_every_formulation_computes_the_seed_function(changes):
+  # benchmarks/ablation.py times the seed under these formulations: each is the same model.
   images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
   loss = lambda model: lambda params: jnp.mean(
       (model.apply({'params': params}, images).reconstruction - images)**2)
-  shipped = _seed_model()
-  params = shipped.init(jax.random.key(1), images)['params']
-  expected = jax.value_and_grad(loss(shipped))(params)
-  for name in ('max_pool', 'torch_conv', 'PatchConvTranspose', 'TAP_SUM_MAX_IN_FEATURES'):
-    monkeypatch.setattr(layers, name, getattr(layers, name))  # Restored after the test.
-  ablation.use_layers(keep)
   model = _seed_model()
-  value, grads = jax.value_and_grad(loss(model))(params)
+  params = model.init(jax.random.key(1), images)['params']
+  with layers.formulations(conv='lax'):
+    expected = jax.value_and_grad(loss(model))(params)
+  with layers.formulations(**changes):
+    value, grads = jax.value_and_grad(loss(model))(params)
   np.testing.assert_allclose(value, expected[0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads,
                expected[1])
+
+
+def test_formulations_apply_inside_their_block_only():
+  with layers.formulations(conv='patch', deconv='lax') as chosen:
+    assert chosen == layers.current_formulations() == layers.Formulations(conv='patch',
+                                                                          deconv='lax')
+  assert layers.current_formulations() == layers.Formulations()
+  with pytest.raises(ValueError, match="conv='winograd'; allowed: auto, tap_sum, lax, patch"):
+    layers.Formulations(conv='winograd')
 
 
 def test_stored_once_is_the_identity_on_finite_values():

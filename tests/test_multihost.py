@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny
-from convae_jax import checkpointing, config_checks, distributed, models, train
+from convae_jax import checkpointing, config_checks, distributed, models, steps, train
 
 STEPS = 4
 
@@ -60,7 +60,7 @@ def _wait(processes, timeout=240):
 
 def _checkpoint_params(workdir, config, step):
   model = models.create_model(config.model)
-  template = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+  template = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                       (32, 32, 3))
   return checkpointing.Checkpointer(str(workdir), 3).restore(template, step).params
 
@@ -76,6 +76,7 @@ def _lines(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_their_checkpoint_continues_in_one(tmp_path,
                                                                        photo_data_dir):
   one, two = tmp_path / 'one_process', tmp_path / 'two_processes'

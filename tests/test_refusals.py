@@ -4,6 +4,7 @@ import; fresh processes only where the command line itself is what is checked.""
 import os
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -80,6 +81,7 @@ def test_launch_refuses_in_one_line(case, tmp_path, photo_data_dir, user_files):
   assert (user_files / 'a_file').read_text() == 'not a folder'
 
 
+@pytest.mark.slow
 def test_launch_without_workdir_help_and_print_config(tmp_path):
   result = run_launch(['--config', 'configs/photos.py'])
   line = _assert_refused(result.returncode, result.stderr)
@@ -152,7 +154,7 @@ CLI_CASES = {
                       '--output', '{tmp}/o'], r'error: .*no checkpoint at step 7; available'),
     'step not a number': (['reconstruct', '--workdir', '{workdir}', '--step', 'x', '{image}',
                            '--output', '{tmp}/o'], r"error: argument --step: invalid int"),
-    'unknown mode': (['train'], r'error: argument MODE: invalid choice'),
+    'unknown mode': (['fit'], r'error: argument MODE: invalid choice'),
     'no mode': ([], r'error: the following arguments are required: MODE'),
     'no workdir flag': (['sample', '--output', '{tmp}/o'], r'error: the following arguments'),
     'unknown split': (['evaluate', '--workdir', '{workdir}', '--split', 'nope'],
@@ -231,3 +233,52 @@ def test_check_dir_accepts_new_and_existing_folders(tmp_path):
       tmp_path / 'new' / 'run')
   assert paths.check_dir(str(tmp_path), '--workdir') == str(tmp_path)
   assert not (tmp_path / 'new').exists()  # Checked, not made.
+
+
+@pytest.mark.slow
+def test_the_installed_convae_command_trains_and_reconstructs(tmp_path, photo_data_dir):
+  """`pip install -e .` gives `convae`: `convae train` is launch.py, the other modes the CLI."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  convae = shutil.which('convae')
+  assert convae, 'the convae command is not installed: pip install -e .'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu')
+  run = lambda *args: subprocess.run([convae, *map(str, args)], cwd=tmp_path, env=env,
+                                     capture_output=True, text=True, timeout=300, check=False)
+  result = run('--help')
+  assert result.returncode == 0 and 'train' in result.stdout and 'reconstruct' in result.stdout
+  workdir = tmp_path / 'run'
+  # From a folder that holds no configs/: the default config is the installed one's.
+  result = run('train', '--workdir', workdir, '--config.dataset=photo_patches',
+               f'--config.data_dir={photo_data_dir}', '--config.num_train_steps=2',
+               '--config.batch_size=8', '--config.eval_batch_size=64',
+               '--config.profile_num_steps=0', '--config.num_grid_images=4')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Done: trained to step 2 of 2' in result.stderr.strip().splitlines()[-1]
+  image = tmp_path / 'image.png'
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+  result = run('reconstruct', '--workdir', workdir, image, '--output', tmp_path / 'out')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / 'out' / 'image_reconstruction.png').exists()
+
+
+
+def test_a_new_trainer_key_is_one_edit(monkeypatch, photo_data_dir):
+  """The checks take the keys and their types from trainer_config.defaults() alone."""
+  from configs import photos  # pylint: disable=g-import-not-at-top
+  from convae_jax import config_checks, trainer_config  # pylint: disable=g-import-not-at-top
+  defaults = trainer_config.defaults
+
+  def with_new_key():
+    config = defaults()
+    config.warmup_steps = 0
+    return config
+
+  monkeypatch.setattr(trainer_config, 'defaults', with_new_key)
+  config = tiny(photos.get_config(), data_dir=photo_data_dir)
+  assert config.warmup_steps == 0  # configs/photos.py got it through configs/cifar.py.
+  config_checks.check(config, num_devices=4)
+  config = ml_collections.ConfigDict({**config.to_dict(), 'warmup_steps': 'soon'})
+  with pytest.raises(config_checks.ConfigError, match=r"config.warmup_steps='soon': must be int"):
+    config_checks.check(config, num_devices=4)

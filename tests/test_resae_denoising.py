@@ -89,6 +89,7 @@ def test_resae_group_norm_takes_widths_that_8_does_not_divide():
   assert latents.shape == (2, 4, 4, 4)
 
 
+@pytest.mark.slow
 def test_resae_loss_falls():
   model = _create(name='resae', widths=(8, 16), latent_channels=8, normalization='batch')
   losses = _loss_falls(model, _smooth_batch())
@@ -118,6 +119,7 @@ def test_denoising_trains_against_clean_images():
                                                   images, False, method=inner.encode), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_denoising_keeps_the_wrapped_models_other_terms():
   model = _create(name='denoising', base={'name': 'vqvae', 'num_codes': 16, 'use_ema': True},
                   noise='mask')

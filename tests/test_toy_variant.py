@@ -10,6 +10,7 @@ import os
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+import pytest
 
 from configs import cifar
 from convae_jax.models import base, registry
@@ -52,6 +53,7 @@ def get_config(arg=None):
   return config
 
 
+@pytest.mark.slow
 def test_toy_variant_trains_through_launch(tmp_path, photo_data_dir):
   from conftest import run_launch  # pylint: disable=g-import-not-at-top  (not in launch's path)
   result = run_launch([

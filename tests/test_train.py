@@ -1,5 +1,4 @@
 """The real training loop on fake data, on 4 fake CPU devices (see conftest.py)."""
-import functools
 import json
 import os
 
@@ -9,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from convae_jax import config_checks, input_pipeline, metrics, models, train
+from convae_jax import config_checks, input_pipeline, metrics, models, steps, train
+from convae_jax import pixels as pixel_values
 
 
 def _params_allclose(a, b, **kwargs):
@@ -20,12 +20,9 @@ def _params_allclose(a, b, **kwargs):
 def test_overfits_one_batch(cifar_config):
   config = cifar_config(learning_rate=1e-2)
   model = models.create_model(config.model)
-  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
-  metrics_cls = metrics.averages_collection(['loss', 'grad_norm', 'param_norm', 'loss_mse'])
-  step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls,
-                                    input_range=(0.0, 1.0)),
-                  axis_name='batch', in_axes=(0, 0, None))
+  step = steps.make_train_step(config, model, (32, 32, 3))
   # Smooth images (8x8 noise blown up 4x): a reconstructable signal, not white noise.
   coarse = np.random.default_rng(0).uniform(size=(4, 2, 8, 8, 3)).astype(np.float32)
   images = coarse.repeat(4, axis=2).repeat(4, axis=3)
@@ -44,15 +41,13 @@ def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
   from configs import cifar  # pylint: disable=g-import-not-at-top
   config = cifar_config(model=cifar.get_config(variant).model)
   model = models.create_model(config.model)
-  state = flax.jax_utils.replicate(train.create_train_state(
-      model, train.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
-  metrics_cls = metrics.averages_collection(['loss'])
+  state = flax.jax_utils.replicate(steps.create_train_state(
+      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   images = np.random.default_rng(0).uniform(size=(4, 8, 32, 32, 3)).astype(np.float32)
   results = []
   for micro_batches in (1, 2):
-    step = jax.pmap(functools.partial(train.train_step, model=model, metrics_cls=metrics_cls,
-                                      input_range=(0.0, 1.0), micro_batches=micro_batches),
-                    axis_name='batch', in_axes=(0, 0, None))
+    config.micro_batches = micro_batches
+    step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
     new_state, update = step(state, images, jax.random.key(1))
     results.append((new_state, float(flax.jax_utils.unreplicate(update).compute()['loss'])))
   (whole, whole_loss), (parts, parts_loss) = results
@@ -66,16 +61,14 @@ def test_train_step_normalizes_uint8_pixels_to_the_input_range(cifar_config):
   # the same step as on images normalized beforehand.
   config = cifar_config(input_range=(-1.0, 1.0))
   model = models.create_model(config.model)
-  state = flax.jax_utils.replicate(train.create_train_state(
-      model, train.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+  state = flax.jax_utils.replicate(steps.create_train_state(
+      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   pixels = np.random.default_rng(0).integers(0, 256, (4, 2, 32, 32, 3), dtype=np.uint8)
   pixels[0, 0, 0, 0] = (0, 255, 128)
-  normalized = np.asarray(train.model_input(pixels, (-1.0, 1.0)))
+  normalized = np.asarray(pixel_values.model_input(pixels, (-1.0, 1.0)))
   assert normalized.dtype == np.float32
   np.testing.assert_allclose(normalized[0, 0, 0, 0], [-1.0, 1.0, 1 / 255], atol=1e-6)
-  step = jax.pmap(functools.partial(train.train_step, model=model, input_range=(-1.0, 1.0),
-                                    metrics_cls=metrics.averages_collection(['loss'])),
-                  axis_name='batch', in_axes=(0, 0, None))
+  step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
   from_pixels, pixel_metrics = step(state, pixels, jax.random.key(1))
   from_floats, float_metrics = step(state, pixels / 127.5 - 1.0, jax.random.key(1))
   np.testing.assert_allclose(flax.jax_utils.unreplicate(pixel_metrics).compute()['loss'],
@@ -105,6 +98,7 @@ def test_trains_evaluates_and_counts_every_eval_image_once(cifar_config, tmp_pat
   assert os.path.exists(tmp_path / 'config.json')
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_parameters(cifar_config, tmp_path):
   with tfds.testing.mock_data(num_examples=20):
     straight = train.train_and_evaluate(cifar_config(num_train_steps=6), str(tmp_path / 'a'))
@@ -179,16 +173,16 @@ def test_each_eval_batch_draws_its_own_noise(cifar_config):
   from configs import cifar  # pylint: disable=g-import-not-at-top
   config.model = cifar.get_config('denoising').model
   model = models.create_model(config.model)
-  state = train.create_train_state(model, train.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   devices = jax.local_devices()
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
-  names = train._metric_names(model, (32, 32, 3))  # pylint: disable=protected-access
-  p_eval_step = train.make_p_eval_step(model, (0.0, 1.0), names)
+  p_eval_step = steps.make_eval_step(model, (0.0, 1.0), (32, 32, 3))
   replicated = flax.jax_utils.replicate(state, devices)
-  evaluate = lambda split: train.evaluate_split(
-      p_eval_step, replicated, split, eval_batch_size=8, devices=devices,
-      base_rng=jax.random.key(1))
+  evaluate = lambda split: steps.evaluate(
+      p_eval_step, replicated, input_pipeline.eval_batches(
+          split, global_batch_size=8, num_local_devices=len(devices)), devices,
+      jax.random.key(1))
   one = evaluate(input_pipeline.Split(images))
   two = evaluate(input_pipeline.Split(np.concatenate([images, images])))
   # With one key for every batch, two identical batches would average to one batch's loss.

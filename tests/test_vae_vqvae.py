@@ -43,6 +43,7 @@ def _vae_and_variables(**settings):
   return model, variables, images
 
 
+@pytest.mark.slow
 def test_gradients_flow_through_the_reparameterization():
   model, variables, images = _vae_and_variables(beta=0.0)  # Reconstruction term alone.
 

@@ -23,9 +23,7 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Where launch.py is.
 
 DEFAULT_ARGS = ['--config', 'configs/photos.py', '--config.num_train_steps=5000',
                 '--config.batch_size=32', '--config.checkpoint_every_steps=50',

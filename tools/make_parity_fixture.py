@@ -9,14 +9,13 @@ keys `inputs_HxW` / `outputs_HxW`, NHWC float32. The outputs are computed in flo
 float32 weights and inputs, then rounded, so they hold no float32 accumulation error of torch's.
 """
 import pathlib
-import sys
 
 import numpy as np
 import torch
 
+from convae_jax import torch_seed
+
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(_ROOT))
-from tools import seed_torch  # noqa: E402
 
 # (count, height, width): CIFAR-sized, and non-square to exercise full convolutionality.
 _INPUT_SIZES = ((2, 32, 32), (1, 16, 24))
@@ -25,9 +24,9 @@ _OUTPUT = _ROOT / 'tests' / 'fixtures' / 'seed_parity.npz'
 
 def main():
   torch.manual_seed(0)
-  model = seed_torch.SeedAutoencoder().eval()
+  model = torch_seed.SeedAutoencoder().eval()
   arrays = {name: value.numpy() for name, value in model.state_dict().items()}
-  model_f64 = seed_torch.SeedAutoencoder().eval()
+  model_f64 = torch_seed.SeedAutoencoder().eval()
   model_f64.load_state_dict(model.state_dict())
   model_f64.double()
   for count, height, width in _INPUT_SIZES:

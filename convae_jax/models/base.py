@@ -10,9 +10,10 @@ A variant is a Flax linen module that subclasses `Autoencoder` and is registered
 
 Per-example values let evaluation mask the padding of its last batch. A variant may also
 override `pictures(images)` to add images to every evaluation (prior samples, interpolations,
-histograms), and declare class attributes: `output_range`, `num_downsamplings`,
-`rng_streams` (PRNG streams it draws from, e.g. 'sample'), `deterministic` and `can_sample`
-(it implements `sample` and `interpolate`; `convae_jax.inference` offers them only then).
+histograms), and declares what it is (see `Autoencoder`): `output_range`, `num_downsamplings`,
+`rng_streams` (PRNG streams it draws from, e.g. 'sample') and `image_channels`; and, as class
+attributes, `deterministic` and `can_sample` (it implements `sample` and `interpolate`;
+`convae_jax.inference` offers them only then). Field checks use `require`.
 `latents(images)` is the latent that `decode` maps to the evaluation reconstruction
 (`encode(images, train=False)` unless overridden); `convae_jax.inference` encodes with it.
 Variables outside 'params' (batch statistics, EMA codebooks, counters) are updated in
@@ -40,13 +41,26 @@ def per_example_mse(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(reconstruction - target), axis=tuple(range(1, target.ndim)))
 
 
+def is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def require(model: str, field: str, value, ok: bool, rule: str) -> None:
+  """A model's check of one of its fields: ValueError('MODEL: FIELD=VALUE must RULE')."""
+  if not ok:
+    raise ValueError(f'{model}: {field}={value!r} must {rule}')
+
+
+def require_one_of(model: str, field: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f'{model}: {field}={value!r}; allowed: {", ".join(allowed)}')
+
+
 def check_widths(model: str, field: str, widths) -> None:
   """Raises ValueError unless `widths` is one or more positive integers (layer widths)."""
   values = tuple(widths) if isinstance(widths, Sequence) else ()
-  if not values or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1
-                           for w in values):
-    raise ValueError(f'{model}: {field}={widths!r} must be one or more positive integer widths, '
-                     'one per stride-2 stage')
+  require(model, field, widths, bool(values) and all(is_int(w) and w >= 1 for w in values),
+          'be one or more positive integer widths, one per stride-2 stage')
 
 
 class Autoencoder(nn.Module):
@@ -56,18 +70,35 @@ class Autoencoder(nn.Module):
   in `setup`) and may override `__call__` to add loss terms (a KL, a commitment loss, ...).
   """
 
-  # The range of pixel values the decoder's output activation can produce. The input
-  # pipeline scales pixels into `config.input_range`, which must lie inside it.
-  output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-  # How many times encode() halves each spatial side: H and W must divide by 2**this.
-  num_downsamplings: ClassVar[int] = 0
-  # Names of the PRNG streams the model draws from (the trainer passes a key for each).
-  rng_streams: ClassVar[tuple[str, ...]] = ()
+  # What a variant declares. Facts of the kind of model are class attributes, read from the
+  # class too (the registry, `denoising`'s check of its base):
   # False when the output depends on random draws (a VAE): such models can't be wrapped by
   # variants that need a deterministic map (denoising).
   deterministic: ClassVar[bool] = True
   # True when the model implements `sample` and `interpolate` (a VAE): generation from a prior.
   can_sample: ClassVar[bool] = False
+  # Facts that depend on the model's settings are the properties below; a variant overrides
+  # each with a property or a plain class attribute.
+
+  @property
+  def output_range(self) -> tuple[float, float]:
+    """The pixel values the decoder's output can take; config.input_range must lie inside."""
+    return (0.0, 1.0)
+
+  @property
+  def num_downsamplings(self) -> int:
+    """How many times encode() halves each spatial side: H and W divide by 2**this."""
+    raise NotImplementedError
+
+  @property
+  def rng_streams(self) -> tuple[str, ...]:
+    """The PRNG streams the model draws from (the trainer passes a key for each)."""
+    return ()
+
+  @property
+  def image_channels(self) -> int:
+    """Channels of the images it takes and gives (a field of each variant)."""
+    raise NotImplementedError
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
     raise NotImplementedError

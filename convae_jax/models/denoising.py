@@ -55,7 +55,7 @@ class DenoisingAutoencoder(base.Autoencoder):
     if issubclass(inner_cls, DenoisingAutoencoder):
       raise ValueError(f'denoising: model.base.name={name!r} cannot wrap a denoising model; '
                        f'wrap one of: {", ".join(_wrappable())}')
-    if not getattr(inner_cls, 'deterministic', True):
+    if not inner_cls.deterministic:
       raise ValueError(f'denoising: model.base.name={name!r} is not a deterministic autoencoder '
                        f'(its output is random); wrap one of: {", ".join(_wrappable())}')
     if self.noise not in NOISES:
@@ -82,6 +82,10 @@ class DenoisingAutoencoder(base.Autoencoder):
     return self._inner.num_downsamplings
 
   @property
+  def image_channels(self) -> int:
+    return self._inner.image_channels
+
+  @property
   def rng_streams(self) -> tuple[str, ...]:
     return tuple(dict.fromkeys(('noise',) + tuple(self._inner.rng_streams)))
 
@@ -98,8 +102,7 @@ class DenoisingAutoencoder(base.Autoencoder):
     else:
       keep = jax.random.bernoulli(key, 1.0 - self.mask_prob, images.shape[:-1] + (1,))
       corrupted = jnp.where(keep, images, low)
-    # Drawn once: XLA would otherwise redraw the noise in each of the first conv's 27 taps
-    # (~3.5x slower steps with the seed inside).
+    # Drawn once: XLA would otherwise redraw the noise in each of the first conv's 27 taps.
     return layers.stored_once(corrupted)
 
   def encode(self, images, train):
@@ -127,5 +130,5 @@ class DenoisingAutoencoder(base.Autoencoder):
 
 def _wrappable() -> list[str]:
   return [n for n in registry.known_models()
-          if getattr(registry.get_model_class(n), 'deterministic', True)
+          if registry.get_model_class(n).deterministic
           and not issubclass(registry.get_model_class(n), DenoisingAutoencoder)]

@@ -1,10 +1,65 @@
-"""Layers shared by the models, written in the forms XLA compiles well on every backend."""
+"""Layers shared by the models, each in the formulation that compiles well where it runs.
+
+A layer computes one function; how it is computed is a `Formulations` choice, read when the
+layer is traced: the defaults are what measured fastest (docs/performance.md), and
+`with formulations(conv='lax'): ...` traces a model with another, e.g. for the ablation in
+benchmarks/ablation.py. Every choice computes the same function (tests/test_models.py).
+"""
+import contextlib
+import contextvars
+import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Formulations:
+  """How the shared layers compute their functions.
+
+  pool: 'views', an elementwise max of the window's strided views with a custom gradient
+    (`max_pool`); 'flax', nn.max_pool (its gradient is a select-and-scatter, slow on XLA:CPU).
+  pooled_bias: a conv followed by pooling adds its bias after the pooling (same values, a
+    cheaper bias gradient) rather than before it.
+  conv: 'auto' picks 'tap_sum' for convs of few input channels on CPU and 'lax' otherwise;
+    'tap_sum', a fused sum of k*k*C_in shifted multiply-adds (measured on XLA:CPU only);
+    'lax', lax.conv_general_dilated; 'patch', k*k patches and one matrix product (measured
+    slower on XLA:CPU, kept for the ablation).
+  deconv: 'matmul', a kernel-equals-stride transposed conv as one matrix product and
+    depth-to-space; 'lax', lax.conv_transpose.
+  """
+  pool: str = 'views'
+  pooled_bias: bool = True
+  conv: str = 'auto'
+  deconv: str = 'matmul'
+
+  def __post_init__(self):
+    allowed = {'pool': ('views', 'flax'), 'conv': ('auto', 'tap_sum', 'lax', 'patch'),
+               'deconv': ('matmul', 'lax')}
+    for field, values in allowed.items():
+      if getattr(self, field) not in values:
+        raise ValueError(f'layers.Formulations: {field}={getattr(self, field)!r}; allowed: '
+                         f'{", ".join(values)}')
+
+
+_FORMULATIONS = contextvars.ContextVar('formulations', default=Formulations())
+
+
+def current_formulations() -> Formulations:
+  return _FORMULATIONS.get()
+
+
+@contextlib.contextmanager
+def formulations(**changes) -> Iterator[Formulations]:
+  """Layers traced inside the block use these formulations (the others as they are)."""
+  token = _FORMULATIONS.set(dataclasses.replace(_FORMULATIONS.get(), **changes))
+  try:
+    yield _FORMULATIONS.get()
+  finally:
+    _FORMULATIONS.reset(token)
 
 
 def torch_default_init(fan_in: int) -> Callable:
@@ -54,6 +109,9 @@ def max_pool(x: jax.Array, window: int = 2, bias: jax.Array | None = None) -> ja
   a sum over the pooled gradient, not over the full-size routed one, which XLA would otherwise
   compute once more just for that sum.
   """
+  if current_formulations().pool == 'flax':
+    x = x if bias is None else x + bias
+    return nn.max_pool(x, (window, window), (window, window))
   return _max_pool(x, bias, window)
 
 
@@ -95,7 +153,8 @@ def _max_pool_bwd(window, residuals, grad):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-# Up to this many input channels, a conv's forward pass is summed tap by tap (`_tap_sum_conv`).
+# With conv='auto' on CPU, up to this many input channels a conv's forward pass is summed
+# tap by tap (`_tap_sum_conv`).
 TAP_SUM_MAX_IN_FEATURES = 4
 
 
@@ -108,9 +167,10 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
 def _tap_sum_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
   """A stride-1 conv with few input channels as a sum of k*k*C_in shifted, scaled copies.
 
-  XLA:CPU runs a convolution with 3 input channels (an image) at ~10 GFLOP/s on one core
-  here; these elementwise multiply-adds fuse into one loop that is ~4x faster. The backward
-  pass is the convolution's own (its kernel gradient is an ordinary large contraction).
+  XLA:CPU runs a convolution with 3 input channels (an image) far below its matrix-product
+  speed; these elementwise multiply-adds fuse into one loop that is several times faster
+  there (docs/performance.md). The backward pass is the convolution's own (its kernel
+  gradient is an ordinary large contraction).
   """
   k = kernel.shape[0]
   _, h, w, c = x.shape
@@ -133,6 +193,18 @@ def _tap_sum_conv_bwd(padding, residuals, grad):
 _tap_sum_conv.defvjp(_tap_sum_conv_fwd, _tap_sum_conv_bwd)
 
 
+def _patch_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  """A stride-1 conv as one [N*H*W, k*k*C_in] x [k*k*C_in, C_out] product over k x k patches."""
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out_h, out_w = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+  # Channel order (a, b, c) matches kernel.reshape(k * k * c, out).
+  patches = jnp.concatenate([x[:, a:a + out_h, b:b + out_w, :]
+                             for a in range(k) for b in range(k)], axis=-1)
+  return jnp.dot(patches, kernel.reshape(k * k * c, kernel.shape[-1]))
+
+
 class Conv(nn.Module):
   """Stride-1 square conv, NHWC: the function and parameters of `nn.Conv(features, (k, k),
   padding=padding)`, computed by whichever formulation is fastest for its input width.
@@ -152,13 +224,21 @@ class Conv(nn.Module):
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
     bias = self.param('bias', self.bias_init, (self.features,))
-    if self.pool_window > 1:
+    if self.pool_window > 1 and current_formulations().pooled_bias:
       return max_pool(self.convolve(x, kernel), self.pool_window, bias=bias)
+    if self.pool_window > 1:
+      return max_pool(self.convolve(x, kernel) + bias, self.pool_window)
     return self.convolve(x, kernel) + bias
 
   def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    if x.shape[-1] <= TAP_SUM_MAX_IN_FEATURES:
+    conv = current_formulations().conv
+    if conv == 'auto':
+      few_channels = x.shape[-1] <= TAP_SUM_MAX_IN_FEATURES
+      conv = 'tap_sum' if few_channels and jax.default_backend() == 'cpu' else 'lax'
+    if conv == 'tap_sum':
       return _tap_sum_conv(x, kernel, self.padding)
+    if conv == 'patch':
+      return _patch_conv(x, kernel, self.padding)
     return _lax_conv(x, kernel, self.padding)
 
 
@@ -189,6 +269,10 @@ class PatchConvTranspose(nn.Module):
     fan_in = self.features * k * k
     kernel = self.param('kernel', torch_default_init(fan_in), (k, k, c, self.features))
     bias = self.param('bias', torch_default_init(fan_in), (self.features,))
+    if current_formulations().deconv == 'lax':
+      return jax.lax.conv_transpose(x, jnp.swapaxes(kernel, 2, 3), (k, k), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                    transpose_kernel=True) + bias
     # A plain 2-D matrix product: XLA:CPU lays an einsum's output out as (a, b, o) x (n, h, w)
     # and then transposes it twice; this keeps pixels major and pays one depth-to-space.
     patches = jnp.dot(x.reshape(n * h * w, c),

@@ -8,7 +8,6 @@ decoder: the mirror image: conv1x1 -> per stage, last first: nearest-neighbour 2
 Blocks are pre-activation (He et al. 2016): x + conv3x3(act(norm(conv3x3(act(norm(x)))))).
 With two stages and latent_channels=32 the latent is H/4 x W/4 x 32, like the seed's.
 """
-import numbers
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -25,10 +24,6 @@ MAX_GROUPS = 8
 def num_groups(width: int) -> int:
   """Group norm's group count: the largest divisor of `width` up to MAX_GROUPS."""
   return max(g for g in range(1, MAX_GROUPS + 1) if width % g == 0)
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _conv(features: int, in_features: int, kernel_size: int, stride: int = 1,
@@ -128,18 +123,15 @@ class ResidualAutoencoder(base.Autoencoder):
 
   def __post_init__(self):
     base.check_widths('resae', 'widths', self.widths)
-    if not _is_int(self.blocks_per_stage) or self.blocks_per_stage < 0:
-      raise ValueError(f'resae: blocks_per_stage={self.blocks_per_stage!r} must be an integer '
-                       '>= 0')
-    if self.normalization not in NORMALIZATIONS:
-      raise ValueError(f'resae: normalization={self.normalization!r}; allowed: '
-                       f'{", ".join(NORMALIZATIONS)}')
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f'resae: activation={self.activation!r}; allowed: {", ".join(ACTIVATIONS)}')
-    if not _is_int(self.latent_channels) or self.latent_channels < 1:
-      raise ValueError(f'resae: latent_channels={self.latent_channels!r} must be an integer >= 1')
-    if not _is_int(self.image_channels) or self.image_channels < 1:
-      raise ValueError(f'resae: image_channels={self.image_channels!r} must be an integer >= 1')
+    base.require('resae', 'blocks_per_stage', self.blocks_per_stage,
+                 base.is_int(self.blocks_per_stage) and self.blocks_per_stage >= 0,
+                 'be an integer >= 0')
+    base.require_one_of('resae', 'normalization', self.normalization, NORMALIZATIONS)
+    base.require_one_of('resae', 'activation', self.activation, ACTIVATIONS)
+    for field in ('latent_channels', 'image_channels'):
+      value = getattr(self, field)
+      base.require('resae', field, value, base.is_int(value) and value >= 1,
+                   'be an integer >= 1')
     super().__post_init__()
 
   @property

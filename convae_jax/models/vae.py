@@ -61,12 +61,11 @@ class VariationalAutoencoder(base.Autoencoder):
   can_sample = True  # sample() from the N(0, I) prior, interpolate() between posterior means.
 
   def __post_init__(self):
-    if self.beta < 0:
-      raise ValueError(f'vae: beta={self.beta} must be >= 0')
-    if self.kl_warmup_steps < 0:
-      raise ValueError(f'vae: kl_warmup_steps={self.kl_warmup_steps} must be >= 0 (0 = no warm-up)')
-    if self.latent_channels < 1:
-      raise ValueError(f'vae: latent_channels={self.latent_channels} must be >= 1')
+    base.require('vae', 'beta', self.beta, self.beta >= 0, 'be >= 0')
+    base.require('vae', 'kl_warmup_steps', self.kl_warmup_steps, self.kl_warmup_steps >= 0,
+                 'be >= 0 (0 = no warm-up)')
+    base.require('vae', 'latent_channels', self.latent_channels, self.latent_channels >= 1,
+                 'be >= 1')
     base.check_widths('vae', 'features', self.features)
     super().__post_init__()
 

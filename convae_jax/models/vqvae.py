@@ -100,14 +100,12 @@ class VQVAE(base.Autoencoder):
 
   def __post_init__(self):
     base.check_widths('vqvae', 'features', self.features)
-    if self.num_codes < 1:
-      raise ValueError(f'vqvae: num_codes={self.num_codes} must be >= 1')
-    if self.code_dim < 1:
-      raise ValueError(f'vqvae: code_dim={self.code_dim} must be >= 1')
-    if self.commitment_cost < 0:
-      raise ValueError(f'vqvae: commitment_cost={self.commitment_cost} must be >= 0')
-    if not 0.0 < self.ema_decay < 1.0:
-      raise ValueError(f'vqvae: ema_decay={self.ema_decay} must lie in (0, 1)')
+    base.require('vqvae', 'num_codes', self.num_codes, self.num_codes >= 1, 'be >= 1')
+    base.require('vqvae', 'code_dim', self.code_dim, self.code_dim >= 1, 'be >= 1')
+    base.require('vqvae', 'commitment_cost', self.commitment_cost, self.commitment_cost >= 0,
+                 'be >= 0')
+    base.require('vqvae', 'ema_decay', self.ema_decay, 0.0 < self.ema_decay < 1.0,
+                 'lie in (0, 1)')
     super().__post_init__()
 
   @property

@@ -1,9 +1,9 @@
 """The PyTorch seed autoencoder, and its weights converted to the Flax `cae` parameter tree.
 
-The single PyTorch definition of the seed model; `tools/make_parity_fixture.py` and
-`benchmarks/torch_seed_train.py` import it as `tools.seed_torch` (each puts the repo root
-on `sys.path` first, so they run as plain scripts). Needs torch, which is not a project
-dependency: only these developer scripts import it.
+The single PyTorch definition of the seed model, the reference for parity
+(`tools/make_parity_fixture.py`) and speed (`benchmarks/compare_torch.py`,
+`benchmarks/torch_seed_train.py`). Needs torch, which is not a project dependency: only those
+developer scripts import this module.
 """
 import numpy as np
 import torch

@@ -1,0 +1,171 @@
+"""The train state and the compiled steps, shared by the trainer, inference, benchmarks and
+tests: the model's whole contract with training, with no TensorFlow or TFDS in it.
+
+`make_train_step` and `make_eval_step` give the pmapped steps as the trainer runs them; a
+train step is a function of (state, batch) -> (state, metrics), with randomness a function
+of (seed, step, device) only.
+"""
+import functools
+from typing import Any, Iterable
+
+import flax
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from convae_jax import metrics, pixels
+
+
+class TrainState(train_state.TrainState):
+  # Variables other than params (batch statistics, EMA codebooks, ...), updated by the model.
+  model_state: Any = flax.struct.field(default_factory=dict)
+
+
+# config.optimizer: its optax optimizer, called with the learning rate.
+OPTIMIZERS = {'adam': optax.adam, 'adamw': optax.adamw, 'sgd': optax.sgd}
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return OPTIMIZERS[config.optimizer](config.learning_rate)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  init_rngs = {name: jax.random.fold_in(rng, i + 1) for i, name in enumerate(model.rng_streams)}
+  variables = dict(model.init({'params': rng, **init_rngs}, jnp.zeros((1,) + image_shape),
+                              train=False))
+  params = variables.pop('params')
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation,
+                         image_shape: tuple[int, ...]) -> TrainState:
+  """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
+  return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0), image_shape))
+
+
+def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+  """Keys for the model's random streams: a function of (seed, step, device) only."""
+  rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), jax.lax.axis_index('batch'))
+  return {name: jax.random.fold_in(rng, i) for i, name in enumerate(model.rng_streams)}
+
+
+def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
+  """Runs the model; returns (output, updated model_state)."""
+  variables = {'params': params, **state.model_state}
+  mutable = list(state.model_state) if train else False
+  if not mutable:
+    return model.apply(variables, images, train=train, rngs=rngs), state.model_state
+  return model.apply(variables, images, train=train, rngs=rngs, mutable=mutable)
+
+
+def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
+               metrics_cls, input_range: tuple[float, float], skip_non_finite: bool = False,
+               micro_batches: int = 1) -> tuple[TrainState, Any]:
+  """One optimizer step on this device's share of the global batch (inside pmap).
+
+  `images` are uint8 pixels (see `model_input`), or float images in `input_range`.
+  A step whose loss or gradients are not finite is flagged in the metrics; with
+  `skip_non_finite` its update is dropped (the step counter still advances). With
+  `micro_batches` > 1 the share is split into that many equal parts whose losses, gradients
+  and model state are averaged: the parts are independent in the compiled step, so XLA:CPU,
+  which runs each convolution on one core, runs them side by side.
+  """
+  step_rngs = _step_rngs(model, base_rng, state.step)
+  images = pixels.model_input(images, input_range)
+
+  def loss_fn(params, images, rngs):
+    output, model_state = _apply(model, state, params, images, train=True, rngs=rngs)
+    terms = {name: jnp.mean(term) for name, term in output.losses.items()}
+    values = {f'loss_{name}': term for name, term in terms.items()}
+    values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
+    return sum(terms.values()), (values, model_state)
+
+  parts = []
+  for i, part in enumerate(jnp.split(images, micro_batches)):
+    rngs = step_rngs if i == 0 else {k: jax.random.fold_in(r, i) for k, r in step_rngs.items()}
+    parts.append(jax.value_and_grad(loss_fn, has_aux=True)(state.params, part, rngs))
+  mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
+  (loss, (values, model_state)), grads = jax.tree.map(
+      lambda *xs: mean(*xs) if jnp.issubdtype(xs[0].dtype, jnp.inexact) else xs[0], *parts)
+  grads = jax.lax.pmean(grads, axis_name='batch')
+  # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
+  model_state = jax.tree.map(
+      lambda x: jax.lax.pmean(x, 'batch') if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+      model_state)
+  new_state = state.apply_gradients(grads=grads, model_state=model_state)
+  grad_norm = optax.tree.norm(grads)
+  loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), 'batch') > 0
+  finite = loss_finite & jnp.isfinite(grad_norm)
+  if skip_non_finite:
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = kept.replace(step=new_state.step)
+  values.update(loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params))
+  values.update(non_finite_loss=1.0 - loss_finite, non_finite_grads=1.0 - jnp.isfinite(grad_norm),
+                first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0))
+  # Skipped steps don't pollute the averages; the non_finite_* flags count every step.
+  # (Shape [1]: clu masks only values with a leading axis.)
+  mask = finite[None] if skip_non_finite else None
+  return new_state, metrics_cls.gather_from_model_output(
+      mask=mask, **{name: jnp.reshape(value, (1,)) for name, value in values.items()})
+
+
+def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: jax.Array, *,
+              model, value_range: tuple[float, float], metrics_cls):
+  """Per-image metrics of one eval batch; `mask` drops the padding of the last batch."""
+  images = pixels.model_input(images, value_range)
+  output, _ = _apply(model, state, state.params, images, train=False,
+                     rngs=_step_rngs(model, base_rng, state.step))
+  values = metrics.image_metrics(output.reconstruction, images, value_range)
+  values['loss'] = sum(output.losses.values())
+  values.update({f'loss_{name}': term for name, term in output.losses.items()})
+  values.update(output.metrics)
+  return metrics_cls.gather_from_model_output(mask=mask, **values)
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple[int, ...],
+                    donate: bool = True):
+  """`train_step` pmapped over the local devices (axis 'batch'), as the trainer runs it:
+  (replicated state, uint8 images [devices, batch, H, W, C], rng) -> (state, metrics).
+  With `donate` the state passed in is consumed (its buffers hold the new state)."""
+  metrics_cls = metrics.train_collection(metric_names(model, image_shape))
+  return jax.pmap(
+      functools.partial(train_step, model=model, metrics_cls=metrics_cls,
+                        input_range=tuple(config.input_range),
+                        skip_non_finite=config.on_non_finite == 'skip',
+                        micro_batches=config.micro_batches),
+      axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...]):
+  """`eval_step` pmapped over the local devices: (replicated state, images, mask, rng) ->
+  averages of mse, psnr, ssim, loss and the model's own terms and metrics."""
+  names = ['loss', 'mse', 'psnr', 'ssim'] + metric_names(model, image_shape)
+  return jax.pmap(functools.partial(eval_step, model=model, value_range=input_range,
+                                    metrics_cls=metrics.averages_collection(names)),
+                  axis_name='batch', in_axes=(0, 0, 0, None))
+
+
+def evaluate(p_eval_step, state: TrainState, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+             devices, base_rng: jax.Array) -> dict[str, float]:
+  """Metrics of the replicated `state` over `batches` of (images, mask) [devices, batch, ...]
+  (input_pipeline.eval_batches: a whole split, each image once)."""
+  totals = None
+  for i, (images, mask) in enumerate(flax.jax_utils.prefetch_to_device(batches, 2, devices)):
+    # Each batch its own key: a model's noise or posterior sample does not repeat per batch.
+    update = p_eval_step(state, images, mask, jax.random.fold_in(base_rng, i))
+    totals = update if totals is None else totals.merge(update)
+  return {k: float(v) for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
+
+
+def metric_names(model, image_shape: tuple[int, ...]) -> list[str]:
+  """Names of the model's loss terms (as 'loss_NAME') and metrics, read off its output."""
+  rngs = lambda: {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
+  images = jnp.zeros((1,) + image_shape)
+  variables = jax.eval_shape(lambda: model.init(rngs(), images, train=False))
+  output = jax.eval_shape(lambda v: model.apply(v, images, train=False, rngs=rngs()), variables)
+  return [f'loss_{name}' for name in output.losses] + list(output.metrics)

@@ -1,0 +1,53 @@
+"""Every key the trainer reads, with its default: the one place a trainer setting is defined.
+
+Config files start from `defaults()` (configs/cifar.py does) and set the experiment's own
+values and `model`; config_checks takes each key's type from here, so a new trainer setting
+is one line below.
+"""
+import ml_collections
+
+# What config.on_non_finite allows.
+ON_NON_FINITE = ('stop', 'skip')
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The trainer's settings at their defaults; `model` is the config file's to set."""
+  config = ml_collections.ConfigDict()
+
+  # Data: a TFDS name; data_dir None means TFDS's default (or $TFDS_DATA_DIR).
+  config.dataset = 'cifar10'
+  config.data_dir = ml_collections.config_dict.placeholder(str)
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  # Pixels are scaled into this range; it must lie inside what the model's output can reach
+  # (the seed's Sigmoid gives [0, 1]).
+  config.input_range = (0.0, 1.0)
+
+  # The model's registered name and its settings (models.registry).
+  config.model = ml_collections.ConfigDict({'name': 'cae'})
+
+  config.optimizer = 'adam'  # A name in steps.OPTIMIZERS.
+  config.learning_rate = 1e-3
+
+  # Length: num_train_steps when positive, else num_epochs over the train split.
+  config.batch_size = 128  # Global, over all devices of all processes.
+  # Each device's batch in this many parts, averaged: 1 on GPU/TPU; on CPU, 4 lets XLA run
+  # the parts on different cores (docs/performance.md).
+  config.micro_batches = 1
+  config.num_epochs = 20.0
+  config.num_train_steps = -1
+
+  config.eval_batch_size = 500
+  config.log_every_steps = 100
+  config.eval_every_steps = 2000  # Also evaluated at the end.
+  config.checkpoint_every_steps = 1000  # Also saved at the end.
+  config.max_to_keep = 3
+  config.num_grid_images = 32  # Test images shown beside their reconstructions.
+  config.profile_num_steps = 5  # Steps traced into the workdir for TensorBoard; 0 = off.
+
+  # A NaN/Inf loss or gradient: 'stop' the run (nothing non-finite is ever saved), or 'skip'
+  # that step's update and go on (ON_NON_FINITE).
+  config.on_non_finite = 'stop'
+
+  config.seed = 0
+  return config
