@@ -69,6 +69,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   if info.image_shape is not None:
     _check_image_shape(model, info.image_shape)
   logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS', '(none)'))
+  if config.micro_batches > 1 and jax.default_backend() != 'cpu':
+    logging.warning('config.micro_batches=%d on %s: micro-batches were measured to pay on '
+                    'XLA:CPU only (docs/performance.md); 1 is the usual choice here',
+                    config.micro_batches, jax.default_backend())
   logging.info('Config:\n%s', config)
   with contextlib.ExitStack() as stack:
     # Process 0 holds the lock for the run (the others share its workdir); if it cannot,
@@ -168,7 +172,7 @@ def _train_locked(config, workdir: str, model,
   progress = _Progress(start_step, num_train_steps, config.batch_size)
 
   state = flax.jax_utils.replicate(state, devices)
-  # One dispatch per step for the running averages (an eager merge is ~20 small ops).
+  # One dispatch per step for the running averages (an eager merge is many small ops).
   p_merge = jax.pmap(lambda totals, update: totals.merge(update), donate_argnums=(0,))
   train_metrics = None
   last_logged = start_step

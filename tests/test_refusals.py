@@ -1,6 +1,7 @@
 """Every mistake a user can make is refused in one line: `error: ...`, exit code 2, no
 traceback, and nothing written. For launch.py, `python -m convae_jax.cli` and the CIFAR-10
 import; fresh processes only where the command line itself is what is checked."""
+import concurrent.futures
 import os
 import re
 
@@ -66,15 +67,27 @@ LAUNCH_CASES = {
 }
 
 
+@pytest.fixture(scope='module')
+def launch_refusals(tmp_path_factory, photo_data_dir, user_files):
+  """{case: (workdir, result)} of every LAUNCH_CASES command, run two at a time (each fresh
+  process spends most of its time importing, on one core)."""
+  root = tmp_path_factory.mktemp('refusals')
+  commands = {}
+  for i, (case, (extra, _)) in enumerate(sorted(LAUNCH_CASES.items())):
+    workdir = root / f'run{i}'
+    commands[case] = (workdir, ['--config', 'configs/photos.py', '--workdir', str(workdir),
+                                f'--config.data_dir={photo_data_dir}'] +
+                      [a.format(files=user_files) for a in extra])
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    results = dict(zip(commands, pool.map(lambda c: run_launch(c[1]), commands.values())))
+  return {case: (commands[case][0], result) for case, result in results.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(LAUNCH_CASES))
-def test_launch_refuses_in_one_line(case, tmp_path, photo_data_dir, user_files):
-  extra, message = LAUNCH_CASES[case]
-  extra = [a.format(files=user_files) for a in extra]
-  workdir = tmp_path / 'run'
-  args = ['--config', 'configs/photos.py', '--workdir', str(workdir),
-          f'--config.data_dir={photo_data_dir}'] + extra
-  result = run_launch(args)
+def test_launch_refuses_in_one_line(case, launch_refusals, user_files):
+  _, message = LAUNCH_CASES[case]
+  workdir, result = launch_refusals[case]
   line = _assert_refused(result.returncode, result.stderr)
   assert re.search(message, line), line
   assert not workdir.exists()  # Nothing written.

@@ -110,7 +110,8 @@ class ResDecoder(nn.Module):
 class ResidualAutoencoder(base.Autoencoder):
   """Residual conv AE; `widths` has one entry per stride-2 stage.
 
-  The default widths keep a CPU training step within ~10x the seed's; (32, 64) costs ~4x more.
+  The default widths keep its CPU training step affordable; wider ones cost more (their
+  speed: docs/performance.md).
   """
   widths: Sequence[int] = (16, 32)
   blocks_per_stage: int = 1
