@@ -249,8 +249,9 @@ def test_check_dir_accepts_new_and_existing_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_installed_convae_command_trains_and_reconstructs(tmp_path, photo_data_dir):
-  """`pip install -e .` gives `convae`: `convae train` is launch.py, the other modes the CLI."""
+def test_the_installed_convae_command_trains(tmp_path, photo_data_dir):
+  """`pip install -e .` gives `convae`: `convae train` is launch.py (the other modes, the CLI
+  run in-process above)."""
   import shutil  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   convae = shutil.which('convae')
@@ -269,11 +270,6 @@ def test_the_installed_convae_command_trains_and_reconstructs(tmp_path, photo_da
                '--config.profile_num_steps=0', '--config.num_grid_images=4')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Done: trained to step 2 of 2' in result.stderr.strip().splitlines()[-1]
-  image = tmp_path / 'image.png'
-  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-  result = run('reconstruct', '--workdir', workdir, image, '--output', tmp_path / 'out')
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / 'out' / 'image_reconstruction.png').exists()
 
 
 
