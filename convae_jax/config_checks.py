@@ -108,10 +108,16 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(f'config.input_range={tuple(config.input_range)}: needs low < high, e.g. '
                       '--config.input_range="(0.0, 1.0)"')
   out_low, out_high = model.output_range
+  what = model.label or config.model.name
+  if model.exact_input_range is not None and (low, high) != tuple(model.exact_input_range):
+    raise ConfigError(
+        f'config.input_range={tuple(config.input_range)}: model {what!r} (its likelihood) is '
+        f'defined on pixels in exactly {tuple(model.exact_input_range)}; set '
+        f'--config.input_range="{tuple(model.exact_input_range)}" or use model.likelihood.name=mse')
   if not out_low <= low < high <= out_high:
     raise ConfigError(
         f'config.input_range={tuple(config.input_range)} lies outside what model '
-        f'{config.model.name!r} can output, {tuple(model.output_range)}: set '
+        f'{what!r} can output, {tuple(model.output_range)}: set '
         f'--config.input_range="{tuple(model.output_range)}" so reconstructions can match inputs')
   if config.data_dir is not None:
     try:

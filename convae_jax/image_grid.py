@@ -1,4 +1,4 @@
-"""Pictures of what a model does: originals beside their reconstructions."""
+"""Pictures of what a model does: originals beside their reconstructions, code usage."""
 import os
 
 import numpy as np
@@ -37,3 +37,14 @@ def save_png(image: np.ndarray, path: str) -> None:
     image = to_uint8(image)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
+
+
+def bar_chart(counts: np.ndarray, height: int = 96) -> np.ndarray:
+  """uint8 [height, len(counts), 3]: one bar per code, as tall as its count (the largest fills
+  the height), blue on white; a code never used is a white column."""
+  counts = np.asarray(counts, np.float32)
+  bar_heights = counts / max(float(counts.max()), 1.0) * height
+  rows = np.arange(height, 0, -1, dtype=np.float32)[:, None]  # Top row first.
+  filled = (rows <= bar_heights[None, :])[..., None]
+  bar, white = np.array([0.12, 0.35, 0.75], np.float32), np.ones(3, np.float32)
+  return to_uint8(np.where(filled, bar, white))

@@ -148,7 +148,8 @@ class TrainedModel:
 
   @property
   def name(self) -> str:
-    return self.config.model.name
+    """What the model is: its parts (seed+identity+mse), or a model's registered name."""
+    return self.model.label or self.config.model.name
 
   @property
   def factor(self) -> int:
@@ -266,8 +267,8 @@ class TrainedModel:
   def require_can_sample(self, what: str = 'sample') -> None:
     """Raises UsageError (one line) unless the model declares `can_sample`."""
     if not self.can_sample:
-      raise UsageError(f'model {self.name!r} cannot {what}: it declares no prior '
-                       '(can_sample = False); train a variant that can, e.g. '
+      raise UsageError(f'model {self.name!r} cannot {what}: it has no prior to sample '
+                       '(can_sample is False); train a model whose bottleneck has one, e.g. '
                        '--config configs/cifar.py:vae')
 
   def sample(self, num: int, seed: int = 0, height: int | None = None,
@@ -336,7 +337,7 @@ class TrainedModel:
     batches = input_pipeline.eval_batches(
         data, global_batch_size=batch, num_local_devices=len(devices),
         process_index=jax.process_index(), process_count=jax.process_count())
-    scalars = steps.evaluate(p_eval_step, state, batches, devices, base_rng)
+    scalars, _ = steps.evaluate(p_eval_step, state, batches, devices, base_rng)
     return {**scalars, 'num_images': data.num_examples}
 
 

@@ -6,6 +6,9 @@ first), so evaluation can mask padding and average over images:
   psnr  10 * log10(1 / mse) of each image (peak value 1);
   ssim  SSIM of each image (11x11 Gaussian window, sigma 1.5, k1=0.01, k2=0.03, per-channel,
         averaged over positions and channels), as in Wang et al. (2004), via dm_pix.
+For a model with discrete codes, `CodeCounts` counts each code's use over a whole split (each
+eval image once), from which `code_statistics` gives codes_used (the fraction of codes used
+at least once) and code_perplexity (exp of the entropy of the usage histogram).
 """
 from typing import Iterable
 
@@ -13,6 +16,7 @@ import dm_pix
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from clu import metrics as clu_metrics
 
 from convae_jax import pixels
@@ -30,12 +34,6 @@ def image_metrics(reconstruction: jax.Array, target: jax.Array,
       'psnr': -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
       'ssim': dm_pix.ssim(reconstruction, target, max_val=1.0),
   }
-
-
-def averages_collection(names: Iterable[str]) -> type[clu_metrics.Collection]:
-  """A clu Collection averaging each named output (masked by a `mask` output when given)."""
-  return clu_metrics.Collection.create(
-      **{name: clu_metrics.Average.from_output(name) for name in sorted(set(names))})
 
 
 @flax.struct.dataclass
@@ -80,3 +78,52 @@ def train_collection(model_names: Iterable[str]) -> type[clu_metrics.Collection]
   return clu_metrics.Collection.create(
       **{name: clu_metrics.Average.from_output(name) for name in sorted(set(averaged))},
       **flags, first_non_finite_step=Min.from_output('first_non_finite_step'))
+
+
+def code_counts(codes: jax.Array, num_codes: int, mask: jax.Array | None = None) -> jax.Array:
+  """How often each code appears in `codes` [batch, ...] (examples where `mask` is 0 not)."""
+  weights = jnp.ones(codes.shape[:1]) if mask is None else mask.astype(jnp.float32)
+  weights = jnp.broadcast_to(weights.reshape((-1,) + (1,) * (codes.ndim - 1)), codes.shape)
+  return jnp.zeros((num_codes,), jnp.float32).at[codes.ravel()].add(weights.ravel())
+
+
+def code_statistics(counts) -> dict[str, jax.Array]:
+  """codes_used and code_perplexity of a usage histogram (jax or numpy)."""
+  xp = np if isinstance(counts, np.ndarray) else jnp
+  share = counts / xp.maximum(counts.sum(), 1.0)
+  entropy = -xp.sum(xp.where(share > 0, share * xp.log(xp.maximum(share, 1e-30)), 0.0))
+  return {'codes_used': xp.mean(counts > 0), 'code_perplexity': xp.exp(entropy)}
+
+
+def code_counts_metric(num_codes: int) -> type[clu_metrics.Metric]:
+  """A clu metric summing the use of each of `num_codes` codes (from the `codes` output,
+  masked by `mask`) over devices and batches; compute() gives the counts [num_codes]."""
+
+  @flax.struct.dataclass
+  class CodeCounts(clu_metrics.Metric):
+    counts: jax.Array
+
+    @classmethod
+    def empty(cls) -> 'CodeCounts':
+      return cls(counts=jnp.zeros((num_codes,), jnp.float32))
+
+    @classmethod
+    def from_model_output(cls, codes: jax.Array, mask: jax.Array | None = None,
+                          **_) -> 'CodeCounts':
+      return cls(counts=code_counts(codes, num_codes, mask))
+
+    def merge(self, other: 'CodeCounts') -> 'CodeCounts':
+      return type(self)(counts=self.counts + other.counts)
+
+    def compute(self) -> jax.Array:
+      return self.counts
+
+  return CodeCounts
+
+
+def eval_collection(names: Iterable[str], num_codes: int) -> type[clu_metrics.Collection]:
+  """Averages of `names`, and the split's code counts (`code_counts`) for a model with codes."""
+  averaged = {name: clu_metrics.Average.from_output(name) for name in sorted(set(names))}
+  if num_codes:
+    averaged['code_counts'] = code_counts_metric(num_codes)
+  return clu_metrics.Collection.create(**averaged)

@@ -18,6 +18,9 @@ import optax
 from flax.training import train_state
 
 from convae_jax import metrics, pixels
+from convae_jax.models import layers
+
+AXIS = layers.DEVICE_AXIS  # The pmap axis of the data-parallel devices.
 
 
 class TrainState(train_state.TrainState):
@@ -50,7 +53,7 @@ def abstract_train_state(model, tx: optax.GradientTransformation,
 
 def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
   """Keys for the model's random streams: a function of (seed, step, device) only."""
-  rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), jax.lax.axis_index('batch'))
+  rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), jax.lax.axis_index(AXIS))
   return {name: jax.random.fold_in(rng, i) for i, name in enumerate(model.rng_streams)}
 
 
@@ -83,6 +86,9 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
     terms = {name: jnp.mean(term) for name, term in output.losses.items()}
     values = {f'loss_{name}': term for name, term in terms.items()}
     values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
+    if output.codes is not None:  # Per batch here; evaluation counts over the whole split.
+      counts = metrics.code_counts(output.codes, model.num_codes)
+      values.update({f'batch_{k}': v for k, v in metrics.code_statistics(counts).items()})
     return sum(terms.values()), (values, model_state)
 
   parts = []
@@ -92,14 +98,14 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
   (loss, (values, model_state)), grads = jax.tree.map(
       lambda *xs: mean(*xs) if jnp.issubdtype(xs[0].dtype, jnp.inexact) else xs[0], *parts)
-  grads = jax.lax.pmean(grads, axis_name='batch')
+  grads = jax.lax.pmean(grads, axis_name=AXIS)
   # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
   model_state = jax.tree.map(
-      lambda x: jax.lax.pmean(x, 'batch') if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+      lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
       model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   grad_norm = optax.tree.norm(grads)
-  loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), 'batch') > 0
+  loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), AXIS) > 0
   finite = loss_finite & jnp.isfinite(grad_norm)
   if skip_non_finite:
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -124,12 +130,14 @@ def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: j
   values['loss'] = sum(output.losses.values())
   values.update({f'loss_{name}': term for name, term in output.losses.items()})
   values.update(output.metrics)
+  if output.codes is not None:
+    values['codes'] = output.codes
   return metrics_cls.gather_from_model_output(mask=mask, **values)
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple[int, ...],
                     donate: bool = True):
-  """`train_step` pmapped over the local devices (axis 'batch'), as the trainer runs it:
+  """`train_step` pmapped over the local devices (axis AXIS), as the trainer runs it:
   (replicated state, uint8 images [devices, batch, H, W, C], rng) -> (state, metrics).
   With `donate` the state passed in is consumed (its buffers hold the new state)."""
   metrics_cls = metrics.train_collection(metric_names(model, image_shape))
@@ -138,34 +146,45 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
                         input_range=tuple(config.input_range),
                         skip_non_finite=config.on_non_finite == 'skip',
                         micro_batches=config.micro_batches),
-      axis_name='batch', in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
+      axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
 
 
 def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...]):
   """`eval_step` pmapped over the local devices: (replicated state, images, mask, rng) ->
-  averages of mse, psnr, ssim, loss and the model's own terms and metrics."""
-  names = ['loss', 'mse', 'psnr', 'ssim'] + metric_names(model, image_shape)
+  averages of mse, psnr, ssim, loss and the model's own terms and metrics (and the code
+  counts of a model with codes)."""
+  names = ['loss', 'mse', 'psnr', 'ssim'] + metric_names(model, image_shape, train=False)
   return jax.pmap(functools.partial(eval_step, model=model, value_range=input_range,
-                                    metrics_cls=metrics.averages_collection(names)),
-                  axis_name='batch', in_axes=(0, 0, 0, None))
+                                    metrics_cls=metrics.eval_collection(names, model.num_codes)),
+                  axis_name=AXIS, in_axes=(0, 0, 0, None))
 
 
 def evaluate(p_eval_step, state: TrainState, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-             devices, base_rng: jax.Array) -> dict[str, float]:
+             devices, base_rng: jax.Array) -> tuple[dict[str, float], np.ndarray | None]:
   """Metrics of the replicated `state` over `batches` of (images, mask) [devices, batch, ...]
-  (input_pipeline.eval_batches: a whole split, each image once)."""
+  (input_pipeline.eval_batches: a whole split, each image once), and for a model with codes
+  each code's use over them (with codes_used and code_perplexity among the metrics)."""
   totals = None
   for i, (images, mask) in enumerate(flax.jax_utils.prefetch_to_device(batches, 2, devices)):
     # Each batch its own key: a model's noise or posterior sample does not repeat per batch.
     update = p_eval_step(state, images, mask, jax.random.fold_in(base_rng, i))
     totals = update if totals is None else totals.merge(update)
-  return {k: float(v) for k, v in flax.jax_utils.unreplicate(totals).compute().items()}
+  results = jax.device_get(flax.jax_utils.unreplicate(totals).compute())
+  counts = results.pop('code_counts', None)
+  scalars = {k: float(v) for k, v in results.items()}
+  if counts is not None:
+    scalars.update({k: float(v) for k, v in metrics.code_statistics(np.asarray(counts)).items()})
+  return scalars, counts
 
 
-def metric_names(model, image_shape: tuple[int, ...]) -> list[str]:
-  """Names of the model's loss terms (as 'loss_NAME') and metrics, read off its output."""
+def metric_names(model, image_shape: tuple[int, ...], train: bool = True) -> list[str]:
+  """Names of the model's loss terms (as 'loss_NAME') and metrics, read off its output (in
+  training, also the per-batch code statistics of a model with codes)."""
   rngs = lambda: {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
   images = jnp.zeros((1,) + image_shape)
   variables = jax.eval_shape(lambda: model.init(rngs(), images, train=False))
   output = jax.eval_shape(lambda v: model.apply(v, images, train=False, rngs=rngs()), variables)
-  return [f'loss_{name}' for name in output.losses] + list(output.metrics)
+  names = [f'loss_{name}' for name in output.losses] + list(output.metrics)
+  if train and output.codes is not None:
+    names += [f'batch_{name}' for name in ('codes_used', 'code_perplexity')]
+  return names

@@ -137,12 +137,22 @@ def _train_locked(config, workdir: str, model,
     batches = input_pipeline.eval_batches(
         eval_split, global_batch_size=config.eval_batch_size, num_local_devices=len(devices),
         process_index=jax.process_index(), process_count=jax.process_count())
-    scalars = {f'eval/{k}': v for k, v in steps.evaluate(
-        p_eval_step, state, batches, devices, step_rng).items()}
+    results, code_counts = steps.evaluate(p_eval_step, state, batches, devices, step_rng)
+    scalars = {f'eval/{k}': v for k, v in results.items()}
     writer.write_scalars(step, scalars)
     last_eval.update(scalars, step=step)
-    if jax.process_index() > 0 or not len(grid_indices):
+    if jax.process_index() > 0:
       return
+    grids = {}
+    if code_counts is not None:  # Each code's use over the whole eval split.
+      grids['code_usage'] = image_grid.bar_chart(code_counts)
+    if len(grid_indices):
+      grids.update(reconstruction_grids(state))
+    writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
+    for name, grid in grids.items():
+      image_grid.save_png(grid, os.path.join(workdir, 'images', f'{name}_{step}.png'))
+
+  def reconstruction_grids(state) -> dict[str, np.ndarray]:
     # Pictures: fixed test images above their reconstructions, plus the model's own.
     host_state = _unreplicate_to_host(state)
     originals = pixels.to_model_range(eval_split.images[grid_indices].astype(np.float32),
@@ -152,9 +162,7 @@ def _train_locked(config, workdir: str, model,
     grids = {'reconstructions': image_grid.side_by_side_grid(
         pixels.to_unit_range(originals, input_range), pixels.to_unit_range(recons, input_range))}
     grids.update({name: image_grid.tile(images) for name, images in extra.items()})
-    writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
-    for name, grid in grids.items():
-      image_grid.save_png(grid, os.path.join(workdir, 'images', f'{name}_{step}.png'))
+    return grids
 
   train_iter = flax.jax_utils.prefetch_to_device(input_pipeline.train_batches(
       train_split, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,

@@ -224,10 +224,10 @@ def test_vae_samples_and_interpolates(vae_workdir, images_dir, tmp_path):
 
 
 def test_a_model_that_cannot_sample_says_so(cae, cae_workdir, tmp_path):
-  with pytest.raises(inference.UsageError, match=r"model 'cae' cannot sample.*can_sample"):
+  with pytest.raises(inference.UsageError, match=r"model 'seed\+identity\+mse' cannot sample.*can_sample is False"):
     cae.sample(2)
   code, _, stderr = run_cli('sample', '--workdir', cae_workdir, '--output', tmp_path / 's')
-  assert code == 2 and stderr.startswith("error: model 'cae' cannot sample")
+  assert code == 2 and stderr.startswith("error: model 'seed+identity+mse' cannot sample")
   assert len(stderr.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / 's')
 
@@ -287,7 +287,7 @@ def test_lists_of_images_of_any_size_are_done_each_at_its_size(cae, images_dir):
 
 def test_a_loaded_model_prints_in_one_line(cae, cae_workdir):
   text = repr(cae)
-  assert text == f"TrainedModel(model='cae', step=2, workdir={cae_workdir!r})"
+  assert text == f"TrainedModel(model='seed+identity+mse', step=2, workdir={cae_workdir!r})"
 
 
 def test_the_readme_python_snippet_runs_as_written(cae_workdir, images_dir, tmp_path,

@@ -1,4 +1,4 @@
-"""The seed model: shapes, parameter count, full convolutionality, registry, fast layers."""
+"""The seed model: shapes, parameter count, full convolutionality, registries, fast layers."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,12 +6,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import cifar
 from convae_jax import models
 from convae_jax.models import layers
 
 
 def _seed_model():
-  return models.create_model(ml_collections.ConfigDict({'name': 'cae'}))
+  return models.create_model(cifar.model('cae'))
 
 
 def test_shapes_and_parameter_count():
@@ -36,13 +37,52 @@ def test_fully_convolutional(height, width):
 
 
 def test_unknown_model_lists_known_ones():
-  with pytest.raises(ValueError, match=r"unknown model.name 'nope'; known models: .*cae"):
+  with pytest.raises(ValueError, match=r"unknown model.name 'nope'; known: .*autoencoder"):
     models.create_model(ml_collections.ConfigDict({'name': 'nope'}))
 
 
-def test_unknown_model_setting_is_refused():
-  with pytest.raises(ValueError, match=r"has no setting widths"):
-    models.create_model(ml_collections.ConfigDict({'name': 'cae', 'widths': (4, 8)}))
+def test_a_retired_model_name_points_to_its_preset():
+  with pytest.raises(ValueError, match=r"model.name 'vae' is from an older convae_jax: it is "
+                                       r"now the preset configs/cifar.py:vae"):
+    models.create_model(ml_collections.ConfigDict({'name': 'vae', 'features': (16, 32)}))
+
+
+@pytest.mark.parametrize('change,message', [
+    ({'backbone': {'name': 'seed', 'widths': (4, 8)}},
+     r"model.backbone 'seed' has no setting widths; its settings are: features"),
+    ({'bottleneck': {'name': 'vq', 'levels': (8, 8)}}, r"model.bottleneck 'vq' has no setting "
+                                                       r"levels; its settings are: code_dim"),
+    ({'bottleneck': {'name': 'nope'}}, r"unknown model.bottleneck.name 'nope'; known: fsq, "
+                                       r"gaussian, identity, .*vq"),
+    ({'likelihood': {'name': 'discretized_logistic', 'log_scale': 'x'}},
+     r"model.likelihood 'discretized_logistic': log_scale='x'; allowed: channel, pixel"),
+    ({'bottleneck': {'name': 'fsq', 'levels': (8, 1)}}, r"model.bottleneck 'fsq': levels=\(8, 1\) must "
+                                                       r"be one or more integers >= 2"),
+    ({'bottleneck': {'name': 'vq', 'ema_decay': 1.0}}, r"ema_decay=1.0 must lie in \(0, 1\)"),
+    ({'bottleneck': {'name': 'gaussian', 'beta': -1.0}}, r"model.bottleneck 'gaussian': beta=-1.0 must"),
+    ({'corruption': {'name': 'mask', 'prob': 1.0}}, r"model.corruption 'mask': prob=1.0 must lie in"),
+    ({'backbone': {'name': 'resnet', 'normalization': 'x'}},
+     r"model.backbone 'resnet': normalization='x'; allowed: none, batch, group, layer"),
+    ({'corruption': {'name': 'gaussian'}, 'bottleneck': {'name': 'gaussian'}},
+     r"model.corruption.name='gaussian' \(denoising\) needs a deterministic bottleneck, but "
+     r"model.bottleneck.name='gaussian' draws random latents; use one of: fsq, identity, .*vq"),
+])
+def test_bad_part_settings_are_refused(change, message):
+  config = cifar.model('cae')
+  for part, settings in change.items():
+    config[part] = settings
+  with pytest.raises(ValueError, match=message):
+    models.create_model(config)
+
+
+def test_every_part_setting_is_in_the_preset_configs():
+  # So each can be set from the command line (--config.model.bottleneck.beta=0.5).
+  config = cifar.model('vqvae-resnet')
+  assert set(config.bottleneck) == {'name'} | set(models.registry.settings_of(
+      models.BOTTLENECKS.get('vq')))
+  assert config.bottleneck.code_dim is None
+  config.bottleneck.code_dim = 8  # A typed placeholder.
+  assert models.create_model(config).num_codes == 512
 
 
 def test_max_pool_matches_flax_max_pool():

@@ -6,10 +6,10 @@ The reference comes from `tests/fixtures/seed_parity.npz`, written by
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import cifar
 from convae_jax import models
 
 _FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'seed_parity.npz'
@@ -41,7 +41,7 @@ def fixture():
 
 @pytest.fixture(scope='module')
 def model():
-  return models.create_model(ml_collections.ConfigDict({'name': 'cae'}))
+  return models.create_model(cifar.model('cae'))
 
 
 def test_converted_params_match_flax_layout(fixture, model):

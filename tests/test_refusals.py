@@ -49,7 +49,7 @@ LAUNCH_CASES = {
                                   r'returned dict, not an ml_collections.ConfigDict'),
     'config not python': (['--config', '{files}/notes.txt'], r'is not a Python file'),
     'unknown variant': (['--config', 'configs/cifar.py:nope'],
-                        r"error: --config configs/cifar.py:nope: .*unknown variant 'nope'; known: "
+                        r"error: --config configs/cifar.py:nope: .*unknown preset 'nope'; known: "
                         r'cae'),
     'unknown split': (['--config.train_split=nope'],
                       r"error: config.train_split='nope': Unknown split nope; dataset "
@@ -102,7 +102,7 @@ def test_launch_without_workdir_help_and_print_config(tmp_path):
   result = run_launch(['--help'])
   assert result.returncode == 0 and 'Traceback' not in result.stderr
   assert '--print_config' in result.stdout and '--config.KEY=VALUE' in result.stdout
-  result = run_launch(['--config', 'configs/cifar.py:vae', '--config.model.beta=0.5',
+  result = run_launch(['--config', 'configs/cifar.py:vae', '--config.model.bottleneck.beta=0.5',
                        '--print_config'])
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'beta: 0.5' in result.stdout and 'batch_size: 128' in result.stdout
@@ -127,8 +127,11 @@ TRAIN_CASES = {
     'zero learning rate': ({'learning_rate': 0.0}, None, r'config.learning_rate=0.0'),
     'zero batch': ({'batch_size': 0}, None, r'config.batch_size=0: must be a positive'),
     'unknown model': ({'model.name': 'nope'}, None, r"config.model: unknown model.name 'nope'"),
-    'zero width': ({'model.features': (0, 32)}, None,
-                   r'config.model: cae: features=\(0, 32\) must be one or more positive'),
+    'zero width': ({'model.backbone.features': (0, 32)}, None,
+                   r"config.model: model.backbone 'seed': features=\(0, 32\) must be one or more "
+                   'positive'),
+    'unknown part': ({'model.bottleneck.name': 'vqq'}, None,
+                     r"config.model: unknown model.bottleneck.name 'vqq'; known: fsq, gaussian"),
     'input range reversed': ({'input_range': (1.0, 0.0)}, None, r'needs low < high'),
     'workdir is a file': ({}, '{files}/a_file', r'--workdir .*a_file is a file, not a folder'),
     'workdir below a file': ({}, '{files}/a_file/run', r'--workdir .*a_file is a file, so no '
@@ -145,10 +148,11 @@ def test_trainer_refuses_before_writing(case, tmp_path, photo_data_dir, user_fil
   for key, value in overrides.items():
     if isinstance(value, str):
       value = value.format(files=user_files)
-    if key.startswith('model.'):
-      config.model[key.partition('.')[2]] = value
-    else:
-      config[key] = value
+    *parents, last = key.split('.')
+    target = config
+    for parent in parents:
+      target = target[parent]
+    target[last] = value
   workdir = str(tmp_path / 'run') if workdir is None else workdir.format(files=user_files)
   with pytest.raises(errors.UserError) as refused:
     train.train_and_evaluate(config, workdir)
@@ -183,7 +187,7 @@ CLI_CASES = {
     'nothing readable': (['reconstruct', '--workdir', '{workdir}', '{tmp}/missing.png',
                           '--output', '{tmp}/o'], r'error: no readable image'),
     'cannot sample': (['sample', '--workdir', '{workdir}', '--output', '{tmp}/o'],
-                      r"error: model 'cae' cannot sample"),
+                      r"error: model 'seed\+identity\+mse' cannot sample"),
     'bad latents': (['decode', '--workdir', '{workdir}', '--latents', '{tmp}/file',
                      '--output', '{tmp}/o'], r'error: --latents .*file cannot be read'),
     'latents not npz': (['encode', '--workdir', '{workdir}', '{image}', '--output',

@@ -113,7 +113,7 @@ def test_checkpoints_of_another_model_are_refused_and_kept(cifar_config, tmp_pat
     before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path)
               for p in fs}
     config = cifar_config(num_train_steps=4)
-    config.model.features = (8, 16)
+    config.model.backbone.features = (8, 16)
     with pytest.raises(checkpointing.IncompatibleCheckpointError,
                        match=r'checkpoint 2 in .* was written by a different model'):
       train.train_and_evaluate(config, str(tmp_path))

@@ -6,14 +6,17 @@ A variant is a Flax linen module that subclasses `Autoencoder` and is registered
 * `reconstruction`: same shape as the input, inside `output_range`;
 * `losses`: named loss terms, each a per-example array of shape [batch]. The training
   objective is the sum over terms of their batch means (weights belong inside the model);
-* `metrics`: more named per-example values to log (same shape rule).
+* `metrics`: more named per-example values to log (same shape rule);
+* `codes` (optional): the discrete code index at each latent position, ints [batch, ...], for
+  a model with `num_codes` > 0; the trainer counts their use over the whole eval split.
 
 Per-example values let evaluation mask the padding of its last batch. A variant may also
 override `pictures(images)` to add images to every evaluation (prior samples, interpolations,
-histograms), and declares what it is (see `Autoencoder`): `output_range`, `num_downsamplings`,
-`rng_streams` (PRNG streams it draws from, e.g. 'sample') and `image_channels`; and, as class
-attributes, `deterministic` and `can_sample` (it implements `sample` and `interpolate`;
-`convae_jax.inference` offers them only then). Field checks use `require`.
+interpolations), and declares what it is (see `Autoencoder`): `output_range`,
+`num_downsamplings`, `rng_streams` (PRNG streams it draws from, e.g. 'sample'),
+`image_channels`, `deterministic`, `can_sample` (it implements `sample` and `interpolate`;
+`convae_jax.inference` offers them only then), `num_codes` and `exact_input_range`.
+Field checks use `require`.
 `latents(images)` is the latent that `decode` maps to the evaluation reconstruction
 (`encode(images, train=False)` unless overridden); `convae_jax.inference` encodes with it.
 Variables outside 'params' (batch statistics, EMA codebooks, counters) are updated in
@@ -21,7 +24,7 @@ training by declaring them with `self.variable(collection, ...)`; the trainer ma
 collection mutable, averages it across devices and checkpoints it.
 """
 import numbers
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -34,6 +37,7 @@ class AutoencoderOutput:
   reconstruction: jax.Array
   losses: dict[str, jax.Array]
   metrics: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
+  codes: jax.Array | None = None
 
 
 def per_example_mse(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
@@ -46,7 +50,8 @@ def is_int(value) -> bool:
 
 
 def require(model: str, field: str, value, ok: bool, rule: str) -> None:
-  """A model's check of one of its fields: ValueError('MODEL: FIELD=VALUE must RULE')."""
+  """A model's (or part's) check of one of its fields: ValueError('MODEL: FIELD=VALUE must
+  RULE')."""
   if not ok:
     raise ValueError(f'{model}: {field}={value!r} must {rule}')
 
@@ -70,15 +75,34 @@ class Autoencoder(nn.Module):
   in `setup`) and may override `__call__` to add loss terms (a KL, a commitment loss, ...).
   """
 
-  # What a variant declares. Facts of the kind of model are class attributes, read from the
-  # class too (the registry, `denoising`'s check of its base):
-  # False when the output depends on random draws (a VAE): such models can't be wrapped by
-  # variants that need a deterministic map (denoising).
-  deterministic: ClassVar[bool] = True
-  # True when the model implements `sample` and `interpolate` (a VAE): generation from a prior.
-  can_sample: ClassVar[bool] = False
-  # Facts that depend on the model's settings are the properties below; a variant overrides
-  # each with a property or a plain class attribute.
+  # What a variant declares: properties (a subclass may override each with a plain class
+  # attribute).
+
+  @property
+  def deterministic(self) -> bool:
+    """False when the output depends on random draws (a VAE's sampled latent)."""
+    return True
+
+  @property
+  def can_sample(self) -> bool:
+    """True when the model implements `sample` and `interpolate` (generation from a prior)."""
+    return False
+
+  @property
+  def num_codes(self) -> int:
+    """The size of its discrete code book (0: the latent is not discrete); see `codes`."""
+    return 0
+
+  @property
+  def exact_input_range(self) -> tuple[float, float] | None:
+    """The one config.input_range the model can serve (a likelihood over the 256 levels of
+    [0, 1]), or None for any range inside `output_range`."""
+    return None
+
+  @property
+  def label(self) -> str | None:
+    """What the model is, in one word for messages (None: its registered name says it)."""
+    return None
 
   @property
   def output_range(self) -> tuple[float, float]:
@@ -117,22 +141,23 @@ class Autoencoder(nn.Module):
   def sample(self, num: int, height: int, width: int) -> jax.Array:
     """`num` images [num, height, width, C] generated from the prior, in `output_range`.
 
-    Only for models with `can_sample = True`; draws from the model's `rng_streams`.
+    Only for models whose `can_sample` is True; draws from the model's `rng_streams`.
     """
-    raise NotImplementedError(f'{type(self).__name__} cannot sample (can_sample = False)')
+    raise NotImplementedError(f'{type(self).__name__} cannot sample (can_sample is False)')
 
   def interpolate(self, start: jax.Array, end: jax.Array, steps: int = 8) -> jax.Array:
     """For each pair of images [N, H, W, C], `steps` decoded images from start to end.
 
-    Returns [N * steps, H, W, C] in `output_range`. Only for models with `can_sample = True`.
+    Returns [N * steps, H, W, C] in `output_range`. Only for models whose `can_sample` is True.
     """
-    raise NotImplementedError(f'{type(self).__name__} cannot interpolate (can_sample = False)')
+    raise NotImplementedError(f'{type(self).__name__} cannot interpolate (can_sample is False)')
 
   def pictures(self, images: jax.Array) -> dict[str, jax.Array]:
     """Extra pictures for each evaluation, name -> images [N, H, W, C] in [0, 1].
 
     `images` are fixed eval images (in the input range). The trainer already shows their
-    reconstructions; override to add e.g. prior samples or a code-usage histogram.
+    reconstructions (and, for a model with codes, their usage over the split); override to
+    add e.g. prior samples.
     """
     del images
     return {}

@@ -279,3 +279,30 @@ class PatchConvTranspose(nn.Module):
                       kernel.transpose(2, 0, 1, 3).reshape(c, k * k * self.features))
     patches = patches.reshape(n, h, w, k, k, self.features).transpose(0, 1, 3, 2, 4, 5)
     return patches.reshape(n, h * k, w * k, self.features) + bias
+
+
+# The trainer's pmap axis (steps.py): parts that must agree across devices reduce over it.
+DEVICE_AXIS = 'batch'
+
+
+def _over_devices(reduce: Callable, x: jax.Array) -> jax.Array:
+  try:
+    return reduce(x, DEVICE_AXIS)
+  except NameError:  # Not inside the trainer's pmap (init, inference, a test): one device.
+    return x
+
+
+def device_mean(x: jax.Array) -> jax.Array:
+  """The mean of `x` over the data-parallel devices (x itself outside the trainer's pmap)."""
+  return _over_devices(jax.lax.pmean, x)
+
+
+def device_concat(x: jax.Array) -> jax.Array:
+  """`x` of every device, concatenated along axis 0 in device order (the global batch's)."""
+  return _over_devices(lambda v, axis: jax.lax.all_gather(v, axis, tiled=True), x)
+
+
+def projection(features: int, name: str | None = None) -> nn.Dense:
+  """A 1x1 convolution (dense over channels) with PyTorch's default kernel scale."""
+  return nn.Dense(features, kernel_init=nn.initializers.variance_scaling(
+      1.0 / 3.0, 'fan_in', 'uniform'), name=name)

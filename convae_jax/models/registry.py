@@ -1,24 +1,16 @@
-"""Models by name: `config.model.name` picks the class, the rest of `config.model` its fields."""
+"""Registries by name: whole models (`config.model.name`) and the parts the built-in
+`autoencoder` combines (`config.model.backbone.name`, `.bottleneck.name`, `.likelihood.name`,
+`.corruption.name`). A new part is a new file that registers itself, plus a config.
+"""
 import dataclasses
 import inspect
 import os
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
-_MODELS: dict[str, type] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-  """Class decorator: makes the model available as `config.model.name = name`."""
-
-  def wrap(cls: type) -> type:
-    if name in _MODELS and not _same_definition(_MODELS[name], cls):
-      raise ValueError(f'model name {name!r} is already registered to {_MODELS[name].__name__}')
-    _MODELS[name] = cls  # The same file run again (a config file, a notebook cell): its newest.
-    return cls
-
-  return wrap
+# Model names of earlier versions, now presets of the `autoencoder` (configs/cifar.py:NAME).
+RETIRED_MODELS = ('cae', 'resae', 'vae', 'vqvae', 'denoising')
 
 
 def _source_file(cls: type) -> str | None:
@@ -36,24 +28,79 @@ def _same_definition(a: type, b: type) -> bool:
                     _source_file(a) == _source_file(b))
 
 
+def settings_of(cls: type) -> list[str]:
+  """The settings a registered class takes: its dataclass fields, less Flax's own."""
+  return sorted(f.name for f in dataclasses.fields(cls) if f.name not in ('parent', 'name'))
+
+
+class Registry:
+  """Classes by name, for one kind of thing (`what`: 'model', 'model.bottleneck', ...)."""
+
+  def __init__(self, what: str):
+    self.what = what
+    self._classes: dict[str, type] = {}
+
+  def register(self, name: str) -> Callable[[type], type]:
+    """Class decorator: makes the class available as `config.<what>.name = name`."""
+
+    def wrap(cls: type) -> type:
+      known = self._classes.get(name)
+      if known is not None and not _same_definition(known, cls):
+        raise ValueError(f'{self.what} name {name!r} is already registered to {known.__name__}')
+      self._classes[name] = cls  # The same file run again (a config file, a notebook): its newest.
+      return cls
+
+    return wrap
+
+  def names(self) -> list[str]:
+    return sorted(self._classes)
+
+  def get(self, name: str) -> type:
+    if name not in self._classes:
+      raise ValueError(f'unknown {self.what}.name {name!r}; known: {", ".join(self.names())}')
+    return self._classes[name]
+
+  def create(self, config: Mapping[str, Any] | ml_collections.ConfigDict, **context):
+    """An instance of the class `config.name` names, with the rest of `config` as settings.
+
+    `context` are fields the caller fills in (e.g. the image channels), not the config.
+    """
+    if 'name' not in config:
+      raise ValueError(f'{self.what} has no name; set {self.what}.name to one of: '
+                       f'{", ".join(self.names())}')
+    cls = self.get(config['name'])
+    kwargs = {k: v for k, v in config.items() if k != 'name'}
+    unknown = sorted(set(kwargs) - set(settings_of(cls)))
+    if unknown:
+      settings = [s for s in settings_of(cls) if s not in context]
+      raise ValueError(f'{self.what} {config["name"]!r} has no setting {", ".join(unknown)}; '
+                       f'its settings are: {", ".join(settings) or "(none)"}')
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return cls(**kwargs, **context)
+
+
+MODELS = Registry('model')
+
+
+def register(name: str) -> Callable[[type], type]:
+  """Class decorator for a whole model: `config.model.name = name` (see models.base)."""
+  return MODELS.register(name)
+
+
 def known_models() -> list[str]:
-  return sorted(_MODELS)
+  return MODELS.names()
 
 
 def get_model_class(name: str) -> type:
-  if name not in _MODELS:
-    raise ValueError(f'unknown model.name {name!r}; known models: {", ".join(known_models())}')
-  return _MODELS[name]
+  if name in RETIRED_MODELS and name not in MODELS.names():
+    raise ValueError(
+        f'model.name {name!r} is from an older convae_jax: it is now the preset '
+        f'configs/cifar.py:{name}, an `autoencoder` of parts (model.backbone, model.bottleneck, '
+        'model.likelihood); retrain with that preset (docs/parts.md)')
+  return MODELS.get(name)
 
 
 def create_model(model_config: ml_collections.ConfigDict):
   """Builds the registered model from `config.model` (its `name` plus the class's fields)."""
-  cls = get_model_class(model_config.name)
-  kwargs = {k: v for k, v in model_config.items() if k != 'name'}
-  fields = {f.name for f in dataclasses.fields(cls) if f.name not in ('parent', 'name')}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ValueError(f'model {model_config.name!r} has no setting {", ".join(unknown)}; '
-                     f'its settings are: {", ".join(sorted(fields))}')
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return cls(**kwargs)
+  get_model_class(model_config.get('name'))  # The clearest refusal of an unknown name.
+  return MODELS.create(model_config)

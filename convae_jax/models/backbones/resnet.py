@@ -1,20 +1,22 @@
-"""`resae`: a residual convolutional autoencoder with the seed's latent shape.
+"""`resnet`: a residual convolutional encoder and its mirror decoder.
 
 encoder: conv3x3(widths[0]) -> per stage i: `blocks_per_stage` residual blocks at widths[i],
   then a stride-2 conv4x4 to the next width (halving H and W) -> norm, act, conv1x1 to
   `latent_channels`.
 decoder: the mirror image: conv1x1 -> per stage, last first: nearest-neighbour 2x upsampling
-  and conv3x3 to widths[i], then residual blocks at widths[i] -> norm, act, conv3x3, Sigmoid.
+  and conv3x3 to widths[i], then residual blocks at widths[i] -> norm, act, conv3x3 to the
+  likelihood's outputs.
 Blocks are pre-activation (He et al. 2016): x + conv3x3(act(norm(conv3x3(act(norm(x)))))).
-With two stages and latent_channels=32 the latent is H/4 x W/4 x 32, like the seed's.
+With two stages and latent_channels=32 the features are H/4 x W/4 x 32, like the seed's.
 """
+import dataclasses
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from convae_jax.models import base, layers, registry
+from convae_jax.models import base, layers, parts
 
 NORMALIZATIONS = ('none', 'batch', 'group', 'layer')
 ACTIVATIONS = {'relu': nn.relu, 'silu': nn.silu, 'selu': nn.selu}
@@ -26,8 +28,8 @@ def num_groups(width: int) -> int:
   return max(g for g in range(1, MAX_GROUPS + 1) if width % g == 0)
 
 
-def _conv(features: int, in_features: int, kernel_size: int, stride: int = 1,
-          name: str | None = None) -> nn.Conv:
+def conv(features: int, in_features: int, kernel_size: int, stride: int = 1,
+         name: str | None = None) -> nn.Conv:
   """A conv with PyTorch's default init (like the seed's layers) and symmetric padding."""
   init = layers.torch_default_init(in_features * kernel_size**2)
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
@@ -59,8 +61,8 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     width = x.shape[-1]
-    h = _conv(width, width, 3, name='conv1')(self.act(Norm(self.norm, name='norm1')(x, train)))
-    h = _conv(width, width, 3, name='conv2')(self.act(Norm(self.norm, name='norm2')(h, train)))
+    h = conv(width, width, 3, name='conv1')(self.act(Norm(self.norm, name='norm1')(x, train)))
+    h = conv(width, width, 3, name='conv2')(self.act(Norm(self.norm, name='norm2')(h, train)))
     return x + h
 
 
@@ -73,81 +75,71 @@ class ResEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = _conv(self.widths[0], x.shape[-1], 3, name='stem')(x)
+    x = conv(self.widths[0], x.shape[-1], 3, name='stem')(x)
     for i, width in enumerate(self.widths):
       for j in range(self.blocks_per_stage):
         x = ResidualBlock(self.norm, self.act, name=f'stage{i}_block{j}')(x, train)
       out = self.widths[min(i + 1, len(self.widths) - 1)]
-      x = _conv(out, width, 4, stride=2, name=f'down{i}')(x)
+      x = conv(out, width, 4, stride=2, name=f'down{i}')(x)
     x = self.act(Norm(self.norm, name='norm_out')(x, train))
-    return _conv(self.latent_channels, x.shape[-1], 1, name='to_latent')(x)
+    return conv(self.latent_channels, x.shape[-1], 1, name='to_latent')(x)
 
 
 class ResDecoder(nn.Module):
   widths: Sequence[int]  # Encoder order: stage i works at widths[i], as in the encoder.
   blocks_per_stage: int
-  image_channels: int
+  out_channels: int
   norm: str
   act: Callable
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool) -> jax.Array:
-    x = _conv(self.widths[-1], z.shape[-1], 1, name='from_latent')(z)
+    x = conv(self.widths[-1], z.shape[-1], 1, name='from_latent')(z)
     for i in reversed(range(len(self.widths))):
-      # Nearest-neighbour + conv3x3 rather than a k2s2 transposed conv (PatchConvTranspose):
-      # on photo patches it reached a lower test MSE after 400 steps for both seeds tried
-      # (0.0089/0.0091 vs 0.0104/0.0194) at about the same step time; each output pixel
-      # mixes a neighbourhood instead of one input pixel painting a 2x2 patch.
+      # Nearest-neighbour + conv3x3 rather than a k2s2 transposed conv: each output pixel
+      # mixes a neighbourhood instead of one input pixel painting a 2x2 patch, which trained
+      # to a lower test MSE on photo patches.
       x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-      x = _conv(self.widths[i], x.shape[-1], 3, name=f'up{i}')(x)
+      x = conv(self.widths[i], x.shape[-1], 3, name=f'up{i}')(x)
       for j in range(self.blocks_per_stage):
         x = ResidualBlock(self.norm, self.act, name=f'stage{i}_block{j}')(x, train)
     x = self.act(Norm(self.norm, name='norm_out')(x, train))
-    return nn.sigmoid(_conv(self.image_channels, x.shape[-1], 3, name='to_image')(x))
+    return conv(self.out_channels, x.shape[-1], 3, name='to_image')(x)
 
 
-@registry.register('resae')
-class ResidualAutoencoder(base.Autoencoder):
-  """Residual conv AE; `widths` has one entry per stride-2 stage.
-
-  The default widths keep its CPU training step affordable; wider ones cost more (their
-  speed: docs/performance.md).
-  """
+@parts.BACKBONES.register('resnet')
+@dataclasses.dataclass(frozen=True)
+class ResNetBackbone(parts.Backbone):
+  """`widths` has one entry per stride-2 stage; wider ones cost more (docs/performance.md)."""
   widths: Sequence[int] = (16, 32)
   blocks_per_stage: int = 1
   normalization: str = 'group'
-  latent_channels: int = 32
   activation: str = 'silu'
-  image_channels: int = 3
-
-  output_range = (0.0, 1.0)  # Sigmoid output.
+  latent_channels: int = 32
 
   def __post_init__(self):
-    base.check_widths('resae', 'widths', self.widths)
-    base.require('resae', 'blocks_per_stage', self.blocks_per_stage,
+    base.check_widths("model.backbone 'resnet'", 'widths', self.widths)
+    base.require("model.backbone 'resnet'", 'blocks_per_stage', self.blocks_per_stage,
                  base.is_int(self.blocks_per_stage) and self.blocks_per_stage >= 0,
                  'be an integer >= 0')
-    base.require_one_of('resae', 'normalization', self.normalization, NORMALIZATIONS)
-    base.require_one_of('resae', 'activation', self.activation, ACTIVATIONS)
-    for field in ('latent_channels', 'image_channels'):
-      value = getattr(self, field)
-      base.require('resae', field, value, base.is_int(value) and value >= 1,
-                   'be an integer >= 1')
-    super().__post_init__()
+    base.require_one_of("model.backbone 'resnet'", 'normalization', self.normalization, NORMALIZATIONS)
+    base.require_one_of("model.backbone 'resnet'", 'activation', self.activation, ACTIVATIONS)
+    base.require("model.backbone 'resnet'", 'latent_channels', self.latent_channels,
+                 base.is_int(self.latent_channels) and self.latent_channels >= 1,
+                 'be an integer >= 1')
 
   @property
   def num_downsamplings(self) -> int:
     return len(self.widths)
 
-  def setup(self):
-    act = ACTIVATIONS[self.activation]
-    self.encoder = ResEncoder(tuple(self.widths), self.blocks_per_stage, self.latent_channels,
-                              self.normalization, act)
-    self.decoder = ResDecoder(tuple(self.widths), self.blocks_per_stage, self.image_channels,
-                              self.normalization, act)
+  @property
+  def feature_channels(self) -> int:
+    return self.latent_channels
 
-  def encode(self, images, train):
-    return self.encoder(images, train)
+  def encoder(self) -> nn.Module:
+    return ResEncoder(tuple(self.widths), self.blocks_per_stage, self.latent_channels,
+                      self.normalization, ACTIVATIONS[self.activation])
 
-  def decode(self, latents, train):
-    return self.decoder(latents, train)
+  def decoder(self, out_channels: int) -> nn.Module:
+    return ResDecoder(tuple(self.widths), self.blocks_per_stage, out_channels,
+                      self.normalization, ACTIVATIONS[self.activation])

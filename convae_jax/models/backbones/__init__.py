@@ -1,0 +1,1 @@
+"""Backbones (an encoder and its mirror decoder), registered in parts.BACKBONES."""

@@ -1,0 +1,1 @@
+"""Bottlenecks (between encoder and decoder), registered in parts.BOTTLENECKS."""

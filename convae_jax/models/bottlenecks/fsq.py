@@ -1,0 +1,86 @@
+"""`fsq`: finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE
+Made Simple").
+
+A 1x1 projection maps the encoder's features to len(levels) channels; channel i is bounded
+to (levels[i] - 1) / 2 on either side by a tanh, rounded to the nearest integer (the gradient
+passes the rounding unchanged, straight-through) and scaled into [-1, 1]; a 1x1 projection
+maps the result back to the encoder's channel count for the decoder. The grid has
+prod(levels) points (the implied codebook: (8, 8, 8) = 512 codes); there is no codebook and
+no codebook loss. `codes` is the index of each position's grid point.
+"""
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from convae_jax.models import base, layers, parts
+
+
+def round_straight_through(x: jax.Array) -> jax.Array:
+  return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
+class Grid:
+  """The FSQ grid of `levels`: bounding, quantizing and code indices (no parameters)."""
+
+  def __init__(self, levels: Sequence[int]):
+    self.levels = np.asarray(levels, np.int32)
+    self.half_width = (self.levels // 2).astype(np.float32)
+    # Mixed-radix place values of the digits (first channel least significant).
+    self.basis = np.concatenate([[1], np.cumprod(self.levels[:-1])]).astype(np.int32)
+    self.size = int(np.prod(self.levels))
+
+  def bound(self, z: jax.Array) -> jax.Array:
+    """Maps each channel into an interval whose integers are its `levels` grid values."""
+    epsilon = 1e-3
+    half = (self.levels - 1) * (1.0 - epsilon) / 2.0
+    offset = np.where(self.levels % 2 == 0, 0.5, 0.0)
+    shift = np.arctanh(offset / half)
+    return jnp.tanh(z + shift) * half - offset
+
+  def quantize(self, z: jax.Array) -> jax.Array:
+    """Grid points scaled into [-1, 1], with straight-through gradients."""
+    return round_straight_through(self.bound(z)) / self.half_width
+
+  def indices(self, quantized: jax.Array) -> jax.Array:
+    """The code index of each grid point [..., len(levels)] -> [...]."""
+    digits = jnp.round(quantized * self.half_width + self.half_width).astype(jnp.int32)
+    return jnp.sum(digits * self.basis, axis=-1)
+
+  def points(self, indices: jax.Array) -> jax.Array:
+    """The grid point (in [-1, 1]) of each code index: the inverse of `indices`."""
+    digits = (indices[..., None] // self.basis) % self.levels
+    return (digits - self.half_width) / self.half_width
+
+
+@parts.BOTTLENECKS.register('fsq')
+class FiniteScalarQuantizer(parts.Bottleneck):
+  levels: Sequence[int] = (8, 8, 8)
+
+  def __post_init__(self):
+    levels = tuple(self.levels) if isinstance(self.levels, (tuple, list)) else ()
+    base.require("model.bottleneck 'fsq'", 'levels', self.levels,
+                 bool(levels) and all(base.is_int(l) and l >= 2 for l in levels),
+                 'be one or more integers >= 2, e.g. (8, 8, 8) for 512 codes')
+    super().__post_init__()
+
+  @property
+  def num_codes(self) -> int:
+    return math.prod(self.levels)
+
+  @nn.compact
+  def __call__(self, features, train, image_dims):
+    del train, image_dims
+    grid = Grid(self.levels)
+    z = layers.projection(len(self.levels), name='to_code')(features)
+    quantized = grid.quantize(z)
+    codes = grid.indices(quantized)
+    positions = math.prod(codes.shape[1:])
+    latents = layers.projection(features.shape[-1], name='from_code')(quantized)
+    return parts.BottleneckOutput(
+        latents=latents, codes=codes,
+        # A deterministic code under a uniform prior over the grid: log(size) nats a position.
+        rate=jnp.full(codes.shape[:1], positions * math.log(grid.size)))

@@ -1,0 +1,1 @@
+"""Likelihoods (reconstruction losses), registered in parts.LIKELIHOODS."""

@@ -1,0 +1,131 @@
+"""The results table of training runs, made from their workdirs (never typed).
+
+    python tools/results_table.py cae=runs/cae vqvae-resnet=runs/vqvae-resnet \
+        --curves docs/sanity_curves.png
+
+Each argument is NAME=WORKDIR (or a WORKDIR, named by its folder). Reads WORKDIR/config.json
+and WORKDIR/metrics.jsonl and prints one Markdown row per run: parameters, steps, the final
+evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO, where the model has one), the
+fraction of codes used over the eval split and its perplexity (models with codes), the
+median train images/s and the training time. With --curves, also writes one PNG of each
+run's eval PSNR (and bits/dim, where present) against training steps.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from convae_jax import errors, models
+
+COLUMNS = ('run', 'model', 'parameters', 'steps', 'test MSE', 'PSNR (dB)', 'SSIM',
+           'bits/dim', 'codes used', 'code perplexity', 'train images/s', 'train time')
+
+
+def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
+  config_path, metrics_path = (os.path.join(workdir, n) for n in ('config.json', 'metrics.jsonl'))
+  for path in (config_path, metrics_path):
+    if not os.path.isfile(path):
+      raise errors.UserError(f'{path} does not exist; pass the --workdir of a training run')
+  with open(config_path, encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(metrics_path, encoding='utf-8') as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  return config, lines
+
+
+def parameter_count(config: ml_collections.ConfigDict) -> int:
+  model = models.create_model(config.model)
+  factor = 2**model.num_downsamplings
+  rngs = {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
+  variables = jax.eval_shape(lambda: model.init(
+      rngs, jnp.zeros((1, factor, factor, model.image_channels))))
+  return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
+
+
+def row(name: str, workdir: str) -> dict[str, str]:
+  config, lines = read_run(workdir)
+  evals = [l for l in lines if 'eval/mse' in l]
+  if not evals:
+    raise errors.UserError(f'{workdir}/metrics.jsonl has no evaluation yet')
+  last = evals[-1]
+  # The first report's rate includes compilation; the median of the rest is the steady one.
+  rates = [l['steps_per_sec'] for l in lines if 'steps_per_sec' in l][1:]
+  uptimes = [l['uptime'] for l in lines if 'uptime' in l]
+  try:
+    model = models.create_model(config.model)
+  except ValueError as e:
+    raise errors.UserError(f'{workdir}/config.json: config.model: {e}') from None
+  fmt = lambda key, spec: format(last[key], spec) if key in last else '-'
+  return {
+      'run': name, 'model': model.label or config.model.name,
+      'parameters': f'{parameter_count(config):,}', 'steps': str(last['step']),
+      'test MSE': fmt('eval/mse', '.5f'), 'PSNR (dB)': fmt('eval/psnr', '.2f'),
+      'SSIM': fmt('eval/ssim', '.3f'), 'bits/dim': fmt('eval/bpd', '.3f'),
+      'codes used': (f'{100 * last["eval/codes_used"]:.1f}% of {model.num_codes}'
+                     if 'eval/codes_used' in last else '-'),
+      'code perplexity': fmt('eval/code_perplexity', '.1f'),
+      'train images/s': (f'{statistics.median(rates) * config.batch_size:,.0f}'
+                         if rates else '-'),
+      'train time': _duration(uptimes[-1]) if uptimes else '-',
+  }
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+  lines += ['| ' + ' | '.join(r[c] for c in COLUMNS) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def plot_curves(runs: list[tuple[str, str]], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top  (only for --curves)
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  curves = {name: [l for l in read_run(workdir)[1] if 'eval/psnr' in l] for name, workdir in runs}
+  with_bpd = any('eval/bpd' in l for evals in curves.values() for l in evals)
+  figure, axes = plt.subplots(1, 2 if with_bpd else 1, figsize=(11 if with_bpd else 6, 4),
+                              squeeze=False)
+  for name, evals in curves.items():
+    steps = [l['step'] for l in evals]
+    axes[0, 0].plot(steps, [l['eval/psnr'] for l in evals], marker='o', label=name)
+    if with_bpd and all('eval/bpd' in l for l in evals):
+      axes[0, 1].plot(steps, [l['eval/bpd'] for l in evals], marker='o', label=name)
+  axes[0, 0].set(xlabel='training step', ylabel='test PSNR (dB)')
+  if with_bpd:
+    axes[0, 1].set(xlabel='training step', ylabel='test bits/dim (negative ELBO)')
+  for axis in axes.ravel():
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+  parser = errors.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('runs', nargs='+', help='NAME=WORKDIR or WORKDIR')
+  parser.add_argument('--curves', help='Also write the eval curves of the runs to this PNG.')
+  args = parser.parse_args(argv)
+  runs = [tuple(r.split('=', 1)) if '=' in r else (os.path.basename(r.rstrip('/')), r)
+          for r in args.runs]
+  try:
+    print(markdown([row(name, workdir) for name, workdir in runs]))
+    if args.curves:
+      plot_curves(runs, args.curves)
+  except errors.UserError as e:
+    return errors.report(e)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
