@@ -93,8 +93,10 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
   try:
     model = models.create_model(config.model)
   except (ValueError, TypeError, AttributeError) as e:
-    raise UsageError(f'{path}: config.model: {e} (a variant of your own: import the module '
-                     'that registers it first; the CLI takes --module NAME)') from None
+    hint = ('' if config.model.get('name') in models.registry.RETIRED_MODELS else
+            ' (a model or part of your own: import the module that registers it first; the '
+            'CLI takes --module NAME)')
+    raise UsageError(f'{path}: config.model: {e}{hint}') from None
   # The models are fully convolutional: their parameters do not depend on the image size.
   factor = 2**model.num_downsamplings
   channels = model.image_channels

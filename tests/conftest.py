@@ -81,3 +81,21 @@ def run_launch(args, *, devices: int = 1, timeout: int = 300):
   return subprocess.run([sys.executable, os.path.join(REPO, 'launch.py')] + list(args),
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                         check=False)
+
+
+def train_through_launch(config_file, workdir, data_dir, *overrides):
+  """Trains `config_file` for 8 steps through launch.py; returns (train lines, final eval)
+  of its metrics.jsonl, after checking that it succeeded and saved step 8 alone."""
+  import json  # pylint: disable=g-import-not-at-top
+  result = run_launch([
+      '--config', config_file, '--workdir', str(workdir), f'--config.data_dir={data_dir}',
+      '--config.num_train_steps=8', '--config.batch_size=32', '--config.log_every_steps=4',
+      '--config.eval_every_steps=8', '--config.checkpoint_every_steps=8',
+      '--config.profile_num_steps=0', *overrides])
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    lines = [json.loads(line) for line in f]
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['8']
+  final_eval = [l for l in lines if 'eval/mse' in l][-1]
+  assert final_eval['step'] == 8
+  return [l for l in lines if 'train/loss' in l], final_eval

@@ -6,6 +6,8 @@ plus a corrupt and an empty file.
 """
 import json
 import os
+import re
+import shutil
 import struct
 import zlib
 
@@ -256,6 +258,21 @@ def test_missing_workdir_checkpoint_or_step(cae_workdir, tmp_path, images_dir):
                             '--output', tmp_path / 'out')
   assert code == 2 and stderr.startswith('error: ') and len(stderr.splitlines()) == 1
   assert 'available steps: 2' in stderr
+
+
+def test_a_workdir_of_an_earlier_model_name_is_refused_and_kept(cae_workdir, tmp_path):
+  # config.json of a run made before the models became parts: model.name 'cae'.
+  old = tmp_path / 'old'
+  shutil.copytree(cae_workdir, old)
+  config = json.loads((old / 'config.json').read_text())
+  config['model'] = {'name': 'cae', 'features': [16, 32]}
+  (old / 'config.json').write_text(json.dumps(config))
+  before = sorted((p, p.stat().st_mtime) for p in old.rglob('*'))
+  code, _, stderr = run_cli('evaluate', '--workdir', old)
+  assert code == 2 and len(stderr.splitlines()) == 1
+  assert re.search(r"error: .*config.json: config.model: model.name 'cae' is from an older "
+                   r"convae_jax: it is now the preset configs/cifar.py:cae", stderr), stderr
+  assert sorted((p, p.stat().st_mtime) for p in old.rglob('*')) == before
 
 
 def test_nothing_readable_is_refused(cae_workdir, images_dir, tmp_path):

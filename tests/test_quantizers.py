@@ -90,7 +90,7 @@ def test_vq_ema_codebook_moves_towards_assigned_vectors():
   quantizer = _vq(num_codes=4, ema_decay=0.5, init_from_data=False, restart_dead_codes=False)
   z = jnp.full((1, 1, 1, 2), 3.0)
   variables = quantizer.init(jax.random.key(0), z, False, 1)
-  codebook = lambda v: np.asarray(v['vq']['embed_sum'] / v['vq']['usage'][:, None])
+  codebook = lambda v: np.asarray(v['vq']['embed_sum'] / v['vq']['cluster_size'][:, None])
   code = int(quantizer.apply(variables, z, False, 1).codes.ravel()[0])
   projection = variables['params']['to_code']
   target = np.asarray(z.reshape(1, 2) @ projection['kernel'] + projection['bias'])[0]

@@ -5,7 +5,6 @@ tests/test_toy_variant.py` executes it, which defines and registers the 'toy' mo
 launched process (a researcher's variant file plus config works the same way).
 """
 import json
-import os
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -55,19 +54,11 @@ def get_config(arg=None):
 
 @pytest.mark.slow
 def test_toy_variant_trains_through_launch(tmp_path, photo_data_dir):
-  from conftest import run_launch  # pylint: disable=g-import-not-at-top  (not in launch's path)
-  result = run_launch([
-      '--config', 'tests/test_toy_variant.py', '--workdir', str(tmp_path),
-      f'--config.data_dir={photo_data_dir}', '--config.num_train_steps=8',
-      '--config.batch_size=32', '--config.log_every_steps=4', '--config.eval_every_steps=8',
-      '--config.checkpoint_every_steps=8', '--config.profile_num_steps=0',
-      '--config.model.hidden=4', '--config.learning_rate=0.01'])
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl', encoding='utf-8')]
-  train_lines = [l for l in lines if 'train/loss' in l]
+  from conftest import train_through_launch  # pylint: disable=g-import-not-at-top
+  train_lines, final_eval = train_through_launch(
+      'tests/test_toy_variant.py', tmp_path, photo_data_dir, '--config.model.hidden=4',
+      '--config.learning_rate=0.01')
   assert all('train/loss_latent_l2' in l and 'train/latent_abs' in l for l in train_lines)
   assert train_lines[-1]['train/loss'] < train_lines[0]['train/loss']
-  final_eval = [l for l in lines if 'eval/mse' in l][-1]
-  assert final_eval['step'] == 8 and 'eval/latent_abs' in final_eval
-  assert os.listdir(tmp_path / 'checkpoints') == ['8']
+  assert 'eval/latent_abs' in final_eval
   assert json.load(open(tmp_path / 'config.json'))['model']['name'] == 'toy'

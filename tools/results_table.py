@@ -10,7 +10,6 @@ fraction of codes used over the eval split and its perplexity (models with codes
 median train images/s and the training time. With --curves, also writes one PNG of each
 run's eval PSNR (and bits/dim, where present) against training steps.
 """
-import argparse
 import json
 import os
 import statistics

@@ -12,9 +12,11 @@ code to the running mean of the vectors it is assigned (decay `ema_decay`).
 Against dead codes (state in the 'vq' collection, checkpointed):
 * `init_from_data`: the first training step's codebook is `num_codes` encoder outputs spread
   evenly over the global batch, not noise far from every input;
-* `restart_dead_codes`: a code whose moving-average share of positions falls below
-  `dead_code_threshold / num_codes` is moved onto one of the batch's encoder outputs that its
-  code represents worst (largest quantization error), and its share reset to 1/num_codes.
+* `restart_dead_codes`: a code whose moving-average share of positions (decay
+  `usage_decay`, quicker than the codebook's so that dead codes are found within an epoch)
+  falls below `dead_code_threshold / num_codes` is moved onto one of the batch's encoder
+  outputs that the codebook represents worst (largest quantization error), and its share
+  reset to 1/num_codes.
 Statistics, initialization and restarts use the whole global batch (reduced across the
 trainer's devices), so every device holds the same codebook: 4 devices give what 1 does.
 With config.micro_batches > 1 each part proposes its own restart vectors, which the
@@ -60,7 +62,8 @@ class VectorQuantizer(parts.Bottleneck):
   l2_normalize: bool = False
   init_from_data: bool = True
   restart_dead_codes: bool = True
-  dead_code_threshold: float = 0.03
+  dead_code_threshold: float = 0.1
+  usage_decay: float = 0.9
 
   def __post_init__(self):
     what = "model.bottleneck 'vq'"
@@ -70,7 +73,9 @@ class VectorQuantizer(parts.Bottleneck):
         base.is_int(self.code_dim) and self.code_dim >= 1),
                  "be an integer >= 1, or None for the encoder's channels")
     base.require_one_of(what, 'codebook', self.codebook, CODEBOOKS)
-    base.require(what, 'ema_decay', self.ema_decay, 0.0 < self.ema_decay < 1.0, 'lie in (0, 1)')
+    for field in ('ema_decay', 'usage_decay'):
+      value = getattr(self, field)
+      base.require(what, field, value, 0.0 < value < 1.0, 'lie in (0, 1)')
     base.require(what, 'commitment_cost', self.commitment_cost, self.commitment_cost >= 0,
                  'be >= 0')
     base.require(what, 'dead_code_threshold', self.dead_code_threshold,
@@ -120,14 +125,17 @@ class VectorQuantizer(parts.Bottleneck):
     k = self.num_codes
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
     variables = {
-        # Each code's moving-average share of positions (sums to 1).
+        # Each code's moving-average share of positions (sums to 1), for finding dead codes.
         'usage': self.variable('vq', 'usage', lambda: jnp.full((k,), 1.0 / k)),
         # 0 until the first training step (then the codebook came from data if asked).
         'initialized': self.variable('vq', 'initialized', jnp.zeros, (), jnp.float32),
     }
     if self.codebook == 'ema':
-      # Running mean of assigned vectors, times usage: shares, so a mean over devices or
-      # micro-batches of equal size is the global batch's.
+      # Moving averages of each code's share and of the sum of its assigned vectors over the
+      # positions (shares, so a mean over devices or micro-batches of equal size is the
+      # global batch's); the code is their ratio.
+      variables['cluster_size'] = self.variable('vq', 'cluster_size',
+                                                lambda: jnp.full((k,), 1.0 / k))
       variables['embed_sum'] = self.variable(
           'vq', 'embed_sum', lambda: init(self.make_rng('params'), (k, dim)) / k)
     else:
@@ -142,7 +150,8 @@ class VectorQuantizer(parts.Bottleneck):
 
   def _codebook(self, variables: dict) -> jax.Array:
     if self.codebook == 'ema':
-      raw = variables['embed_sum'].value / jnp.maximum(variables['usage'].value, 1e-12)[:, None]
+      raw = (variables['embed_sum'].value /
+             jnp.maximum(variables['cluster_size'].value, 1e-12)[:, None])
     else:
       raw = variables['codebook'] + variables['offset'].value
     return self._normalized(raw)
@@ -150,14 +159,16 @@ class VectorQuantizer(parts.Bottleneck):
   def _update_state(self, variables, codebook, flat, codes, errors) -> None:
     """Moving averages, then restarts of dead codes, from the global batch."""
     k = self.num_codes
-    decay = self.ema_decay
     one_hot = jax.nn.one_hot(codes, k, dtype=jnp.float32)
     share = layers.device_mean(jnp.mean(one_hot, axis=0))
     was_initialized = variables['initialized'].value > 0
     usage = jnp.where(was_initialized, variables['usage'].value, 1.0 / k)
-    usage = decay * usage + (1.0 - decay) * share
+    usage = self.usage_decay * usage + (1.0 - self.usage_decay) * share
     if self.codebook == 'ema':
+      decay = self.ema_decay
       assigned = layers.device_mean(one_hot.T @ jax.lax.stop_gradient(flat)) / flat.shape[0]
+      cluster_size = jnp.where(was_initialized, variables['cluster_size'].value, 1.0 / k)
+      cluster_size = decay * cluster_size + (1.0 - decay) * share
       embed_sum = jnp.where(was_initialized, variables['embed_sum'].value, codebook / k)
       embed_sum = decay * embed_sum + (1.0 - decay) * assigned
     new_codebook = codebook
@@ -172,10 +183,12 @@ class VectorQuantizer(parts.Bottleneck):
       new_codebook = jnp.where(dead[:, None], candidates, codebook)
       usage = jnp.where(dead, 1.0 / k, usage)
       if self.codebook == 'ema':
+        cluster_size = jnp.where(dead, 1.0 / k, cluster_size)
         embed_sum = jnp.where(dead[:, None], candidates / k, embed_sum)
     variables['usage'].value = usage
     variables['initialized'].value = jnp.ones_like(variables['initialized'].value)
     if self.codebook == 'ema':
+      variables['cluster_size'].value = cluster_size
       variables['embed_sum'].value = embed_sum
     else:
       params = jax.lax.stop_gradient(variables['codebook'])

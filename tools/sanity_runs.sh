@@ -1,0 +1,22 @@
+#!/bin/bash
+# The 1-epoch sanity runs of the presets (README, Results): each trains through launch.py on
+# CIFAR-10 in DATA_DIR, then its config.json, metrics.jsonl and last pictures are kept in
+# results/sanity/NAME (checkpoints stay in RUNS/NAME).
+#     tools/sanity_runs.sh /tmp/tfds /tmp/runs cae vqvae-resnet ...
+set -euo pipefail
+data_dir=$1 runs=$2
+shift 2
+for name in "$@"; do
+  # micro_batches=4 is the fast CPU setting (docs/performance.md); a VQ bottleneck trains
+  # with whole device batches, so its initialization and restarts see the whole batch.
+  micro=4
+  case $name in vqvae*) micro=1 ;; esac
+  python launch.py --config "configs/cifar.py:$name" --workdir "$runs/$name" \
+      --config.data_dir="$data_dir" --config.num_epochs=1 --config.eval_every_steps=130 \
+      --config.micro_batches=$micro
+  out=results/sanity/$name
+  mkdir -p "$out/images"
+  cp "$runs/$name/config.json" "$runs/$name/metrics.jsonl" "$out/"
+  last=$(ls "$runs/$name/checkpoints" | sort -n | tail -1)
+  cp "$runs/$name"/images/*_"$last".png "$out/images/"
+done
