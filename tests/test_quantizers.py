@@ -50,13 +50,30 @@ def test_fsq_gradients_pass_the_rounding():
   assert np.all(np.abs(grads) > 0)
 
 
-def test_fsq_bottleneck_codes_and_no_loss():
-  model = _model('fsq')
+def test_fsq_bottleneck_codes_and_no_codebook_loss():
+  model = _model('fsq', bottleneck={'name': 'fsq', 'levels': (8, 8, 8)})
   assert model.num_codes == 512
   variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   output = model.apply(variables, jax.random.uniform(jax.random.key(1), (2, 16, 16, 3)))
   assert set(output.losses) == {'mse'} and output.codes.shape == (2, 4, 4)
+  # The preset adds the entropy term, and nothing else.
+  preset = _model('fsq')
+  assert set(preset.apply(variables, jnp.zeros((2, 16, 16, 3))).losses) == {'mse', 'entropy'}
   assert 0 <= int(output.codes.min()) and int(output.codes.max()) < 512
+
+
+def test_fsq_entropy_term_rewards_a_batch_spread_over_the_grid():
+  grid = fsq.Grid((8, 8, 8))
+  spread = grid.points(jnp.arange(512)) * grid.half_width  # One position on each point.
+  term = lambda bounded: float(fsq.entropy_term(grid, bounded, 0.1))
+  # Sure of each point: per-position entropy ~0; batch entropy log(512) when spread, 0 when not.
+  assert term(spread) == pytest.approx(-np.log(512), abs=0.05)
+  assert term(jnp.zeros_like(spread)) == pytest.approx(0.0, abs=0.05)
+  quantizer = models.BOTTLENECKS.create({'name': 'fsq', 'entropy_weight': 1.0})
+  features = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  variables = quantizer.init(jax.random.key(1), features, True, 1)
+  output = quantizer.apply(variables, features, True, 1)
+  assert output.losses['entropy'].shape == (2,)
 
 
 @pytest.mark.parametrize('codebook', ['ema', 'learned'])

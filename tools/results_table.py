@@ -3,7 +3,7 @@
     python tools/results_table.py cae=runs/cae vqvae-resnet=runs/vqvae-resnet \
         --curves docs/sanity_curves.png
 
-Each argument is NAME=WORKDIR (or a WORKDIR, named by its folder). Reads WORKDIR/config.json
+Each argument is NAME=WORKDIR (split at its last '='), or a WORKDIR, named by its folder. Reads WORKDIR/config.json
 and WORKDIR/metrics.jsonl and prints one Markdown row per run: parameters, steps, the final
 evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO, where the model has one), the
 fraction of codes used over the eval split and its perplexity (models with codes), the
@@ -92,19 +92,21 @@ def plot_curves(runs: list[tuple[str, str]], path: str) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   curves = {name: [l for l in read_run(workdir)[1] if 'eval/psnr' in l] for name, workdir in runs}
   with_bpd = any('eval/bpd' in l for evals in curves.values() for l in evals)
-  figure, axes = plt.subplots(1, 2 if with_bpd else 1, figsize=(11 if with_bpd else 6, 4),
+  figure, axes = plt.subplots(1, 2 if with_bpd else 1, figsize=(14 if with_bpd else 8, 4.5),
                               squeeze=False)
-  for name, evals in curves.items():
+  colors = plt.get_cmap('tab20').colors  # Distinct for up to 20 runs.
+  for i, (name, evals) in enumerate(curves.items()):
     steps = [l['step'] for l in evals]
-    axes[0, 0].plot(steps, [l['eval/psnr'] for l in evals], marker='o', label=name)
+    style = dict(marker='o', label=name, color=colors[i % len(colors)])
+    axes[0, 0].plot(steps, [l['eval/psnr'] for l in evals], **style)
     if with_bpd and all('eval/bpd' in l for l in evals):
-      axes[0, 1].plot(steps, [l['eval/bpd'] for l in evals], marker='o', label=name)
+      axes[0, 1].plot(steps, [l['eval/bpd'] for l in evals], **style)
   axes[0, 0].set(xlabel='training step', ylabel='test PSNR (dB)')
   if with_bpd:
     axes[0, 1].set(xlabel='training step', ylabel='test bits/dim (negative ELBO)')
   for axis in axes.ravel():
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 1.0))
   figure.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=110)
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
   parser.add_argument('runs', nargs='+', help='NAME=WORKDIR or WORKDIR')
   parser.add_argument('--curves', help='Also write the eval curves of the runs to this PNG.')
   args = parser.parse_args(argv)
-  runs = [tuple(r.split('=', 1)) if '=' in r else (os.path.basename(r.rstrip('/')), r)
+  runs = [tuple(r.rsplit('=', 1)) if '=' in r else (os.path.basename(r.rstrip('/')), r)
           for r in args.runs]
   try:
     print(markdown([row(name, workdir) for name, workdir in runs]))

@@ -7,6 +7,14 @@ passes the rounding unchanged, straight-through) and scaled into [-1, 1]; a 1x1 
 maps the result back to the encoder's channel count for the decoder. The grid has
 prod(levels) points (the implied codebook: (8, 8, 8) = 512 codes); there is no codebook and
 no codebook loss. `codes` is the index of each position's grid point.
+
+Optional (`entropy_weight` > 0): the entropy term of lookup-free quantization (Yu et al.
+2023, MAGVIT-v2), which spreads the batch over the grid: with p(k | x) a softmax over the
+grid points of -|bound(z) - point_k|^2 / `entropy_temperature` (in grid steps), the loss
+entropy = weight * (mean over positions of H(p(. | x)) - H(mean over the global batch of
+p(. | x))), low when each position is sure of its point and the batch uses many points (with
+config.micro_batches > 1, each part's batch). It costs positions x prod(levels) distances a
+step.
 """
 import math
 from typing import Sequence
@@ -56,15 +64,36 @@ class Grid:
     return (digits - self.half_width) / self.half_width
 
 
+def entropy_term(grid: Grid, bounded: jax.Array, temperature: float) -> jax.Array:
+  """Mean per-position entropy minus the global batch's entropy, in nats (a scalar), of the
+  soft assignments of `bounded` values [n, len(levels)] (in grid steps) to the grid's points."""
+  points = grid.points(jnp.arange(grid.size)) * grid.half_width
+  distances = (jnp.sum(bounded**2, axis=1, keepdims=True) - 2.0 * bounded @ points.T +
+               jnp.sum(points**2, axis=1)[None, :])
+  log_p = jax.nn.log_softmax(-distances / temperature, axis=1)
+  p = jnp.exp(log_p)
+  per_position = -jnp.mean(jnp.sum(p * log_p, axis=1))
+  batch_p = layers.device_mean(jnp.mean(p, axis=0))
+  batch = -jnp.sum(batch_p * jnp.log(jnp.maximum(batch_p, 1e-12)))
+  return per_position - batch
+
+
 @parts.BOTTLENECKS.register('fsq')
 class FiniteScalarQuantizer(parts.Bottleneck):
   levels: Sequence[int] = (8, 8, 8)
+  entropy_weight: float = 0.0
+  entropy_temperature: float = 0.5
 
   def __post_init__(self):
+    what = "model.bottleneck 'fsq'"
     levels = tuple(self.levels) if isinstance(self.levels, (tuple, list)) else ()
-    base.require("model.bottleneck 'fsq'", 'levels', self.levels,
+    base.require(what, 'levels', self.levels,
                  bool(levels) and all(base.is_int(l) and l >= 2 for l in levels),
                  'be one or more integers >= 2, e.g. (8, 8, 8) for 512 codes')
+    base.require(what, 'entropy_weight', self.entropy_weight, self.entropy_weight >= 0,
+                 'be >= 0 (0 = off)')
+    base.require(what, 'entropy_temperature', self.entropy_temperature,
+                 self.entropy_temperature > 0, 'be > 0')
     super().__post_init__()
 
   @property
@@ -80,7 +109,12 @@ class FiniteScalarQuantizer(parts.Bottleneck):
     codes = grid.indices(quantized)
     positions = math.prod(codes.shape[1:])
     latents = layers.projection(features.shape[-1], name='from_code')(quantized)
+    losses = {}
+    if self.entropy_weight:
+      term = entropy_term(grid, grid.bound(z).reshape(-1, len(self.levels)),
+                          self.entropy_temperature)
+      losses['entropy'] = jnp.full(codes.shape[:1], self.entropy_weight * term)
     return parts.BottleneckOutput(
-        latents=latents, codes=codes,
+        latents=latents, codes=codes, losses=losses,
         # A deterministic code under a uniform prior over the grid: log(size) nats a position.
         rate=jnp.full(codes.shape[:1], positions * math.log(grid.size)))
