@@ -37,9 +37,12 @@ def test_overfits_one_batch(cifar_config):
 @pytest.mark.parametrize('variant', ['cae', 'fsq'])
 def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
   # Two parts of 4 images give the step of all 8 at once: same loss, same new parameters.
-  # (A VQ bottleneck's data initialization and restarts are per part: models/bottlenecks/vq.py.)
+  # (A VQ bottleneck's data initialization and restarts, and FSQ's batch entropy term, are
+  # per part: models/bottlenecks/.)
   from configs import cifar  # pylint: disable=g-import-not-at-top
   config = cifar_config(model=cifar.get_config(variant).model)
+  if variant == 'fsq':
+    config.model.bottleneck.entropy_weight = 0.0
   model = models.create_model(config.model)
   state = flax.jax_utils.replicate(steps.create_train_state(
       model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
