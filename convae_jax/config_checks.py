@@ -94,6 +94,24 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   if config.optimizer not in steps.OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
                       f'{", ".join(steps.OPTIMIZERS)}')
+  if config.schedule not in trainer_config.SCHEDULES:
+    raise ConfigError(f'config.schedule={config.schedule!r}: known schedules are '
+                      f'{", ".join(trainer_config.SCHEDULES)}')
+  for key in ('warmup_steps', 'max_consecutive_skips'):
+    if config[key] < 0:
+      raise ConfigError(f'config.{key}={config[key]!r}: must be 0 or more')
+  for key, rule, ok in (
+      ('warmup_fraction', 'lie in [0, 1)', lambda v: 0 <= v < 1),
+      ('end_learning_rate', 'be 0 or more', lambda v: v >= 0),
+      ('adam_b1', 'lie in [0, 1)', lambda v: 0 <= v < 1),
+      ('adam_b2', 'lie in [0, 1)', lambda v: 0 <= v < 1),
+      ('adam_eps', 'be positive', lambda v: v > 0),
+      ('weight_decay', 'be 0 or more', lambda v: v >= 0),
+      ('momentum', 'lie in [0, 1)', lambda v: 0 <= v < 1),
+      ('grad_clip_norm', 'be 0 (off) or positive', lambda v: v >= 0),
+      ('skip_grad_norm_above', 'be 0 (off) or positive', lambda v: v >= 0)):
+    if not ok(config[key]):
+      raise ConfigError(f'config.{key}={config[key]!r}: must {rule}')
   if config.on_non_finite not in trainer_config.ON_NON_FINITE:
     raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
                       f'{", ".join(trainer_config.ON_NON_FINITE)}')

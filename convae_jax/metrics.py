@@ -66,18 +66,65 @@ class Min(clu_metrics.Metric):
     return self.value
 
 
+@flax.struct.dataclass
+class UnmaskedSum(clu_metrics.Metric):
+  """The sum over steps of a per-step value (the same on every device), mask or not."""
+  total: jax.Array
+
+  @classmethod
+  def empty(cls) -> 'UnmaskedSum':
+    return cls(total=jnp.array(0.0, jnp.float32))
+
+  @classmethod
+  def from_model_output(cls, values: jax.Array, **_) -> 'UnmaskedSum':
+    return cls(total=jnp.mean(values).astype(jnp.float32))
+
+  def merge(self, other: 'UnmaskedSum') -> 'UnmaskedSum':
+    return type(self)(total=self.total + other.total)
+
+  def _reduce_merge(self, other: 'UnmaskedSum') -> 'UnmaskedSum':
+    # Across devices each holds the same step's value: one step, not one per device.
+    return type(self)(total=jnp.maximum(self.total, other.total))
+
+  def compute(self) -> jax.Array:
+    return self.total
+
+
+@flax.struct.dataclass
+class Max(clu_metrics.Metric):
+  """The largest value seen (over devices and steps); `-inf` when nothing was seen."""
+  value: jax.Array
+
+  @classmethod
+  def empty(cls) -> 'Max':
+    return cls(value=jnp.array(-jnp.inf, jnp.float32))
+
+  @classmethod
+  def from_model_output(cls, values: jax.Array, **_) -> 'Max':
+    return cls(value=jnp.max(values).astype(jnp.float32))
+
+  def merge(self, other: 'Max') -> 'Max':
+    return type(self)(value=jnp.maximum(self.value, other.value))
+
+  def compute(self) -> jax.Array:
+    return self.value
+
+
 def train_collection(model_names: Iterable[str]) -> type[clu_metrics.Collection]:
   """Train metrics: averages of loss, norms and the model's terms; non-finite step flags.
 
   `non_finite_loss` and `non_finite_grads` are the fractions of steps where they were
-  NaN/Inf (never masked), `first_non_finite_step` the first such step.
+  NaN/Inf (never masked), `first_non_finite_step` the first such step; `skipped_steps` counts
+  the steps whose update was dropped, `last_kept_step` is the last one applied.
   """
-  averaged = ['loss', 'grad_norm', 'param_norm'] + list(model_names)
+  averaged = ['loss', 'grad_norm', 'param_norm', 'learning_rate'] + list(model_names)
   flags = {name: UnmaskedAverage.from_output(name)
            for name in ('non_finite_loss', 'non_finite_grads')}
   return clu_metrics.Collection.create(
       **{name: clu_metrics.Average.from_output(name) for name in sorted(set(averaged))},
-      **flags, first_non_finite_step=Min.from_output('first_non_finite_step'))
+      **flags, first_non_finite_step=Min.from_output('first_non_finite_step'),
+      skipped_steps=UnmaskedSum.from_output('skipped_steps'),
+      last_kept_step=Max.from_output('last_kept_step'))
 
 
 def code_counts(codes: jax.Array, num_codes: int, mask: jax.Array | None = None) -> jax.Array:

@@ -28,12 +28,58 @@ class TrainState(train_state.TrainState):
   model_state: Any = flax.struct.field(default_factory=dict)
 
 
-# config.optimizer: its optax optimizer, called with the learning rate.
-OPTIMIZERS = {'adam': optax.adam, 'adamw': optax.adamw, 'sgd': optax.sgd}
+# config.optimizer: its optax optimizer, from the learning rate (a schedule) and the config.
+OPTIMIZERS = {
+    'adam': lambda lr, c: optax.adam(lr, c.adam_b1, c.adam_b2, c.adam_eps),
+    'adamw': lambda lr, c: optax.adamw(lr, c.adam_b1, c.adam_b2, c.adam_eps,
+                                       weight_decay=c.weight_decay, mask=decays_weight),
+    'sgd': lambda lr, c: optax.sgd(lr, momentum=c.momentum or None),
+}
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return OPTIMIZERS[config.optimizer](config.learning_rate)
+def decays_weight(params) -> Any:
+  """The weight-decay mask: True for kernels, False for biases, norm scales and codebooks."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+
+
+def warmup_steps(config: ml_collections.ConfigDict, num_train_steps: int) -> int:
+  if config.warmup_fraction > 0:
+    return int(round(config.warmup_fraction * num_train_steps))
+  return config.warmup_steps
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict,
+                           num_train_steps: int) -> optax.Schedule:
+  """The learning rate as a function of the step (config.schedule), from optax's schedules."""
+  peak, end = config.learning_rate, config.end_learning_rate
+  warmup = warmup_steps(config, num_train_steps)
+  ramp = optax.linear_schedule(0.0, peak, max(warmup, 1))
+  if config.schedule == 'constant':
+    return optax.warmup_constant_schedule(0.0, peak, warmup) if warmup else (
+        optax.constant_schedule(peak))
+  if config.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, num_train_steps, end)
+  if config.schedule == 'warmup_linear':
+    decay = optax.linear_schedule(peak, end, max(num_train_steps - warmup, 1))
+  else:  # warmup_rsqrt: peak / sqrt(1 + steps since the warm-up / its length).
+    timescale = max(warmup, 1)
+    decay = lambda count: peak * jax.lax.rsqrt(1.0 + count / timescale)
+  return optax.join_schedules([ramp, decay], [warmup])
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     num_train_steps: int = 1) -> optax.GradientTransformation:
+  """The optimizer of `config` for a run of `num_train_steps` (its schedule's length; the
+  optimizer state's structure does not depend on it)."""
+  plain = config.schedule == 'constant' and not warmup_steps(config, num_train_steps)
+  # A constant rate stays a number: the optimizer state of earlier runs, which restores.
+  learning_rate = config.learning_rate if plain else learning_rate_schedule(
+      config, num_train_steps)
+  tx = OPTIMIZERS[config.optimizer](learning_rate, config)
+  if config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
@@ -68,7 +114,8 @@ def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
 
 def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
                metrics_cls, input_range: tuple[float, float], skip_non_finite: bool = False,
-               micro_batches: int = 1) -> tuple[TrainState, Any]:
+               micro_batches: int = 1, skip_grad_norm_above: float = 0.0,
+               learning_rate_fn: optax.Schedule | None = None) -> tuple[TrainState, Any]:
   """One optimizer step on this device's share of the global batch (inside pmap).
 
   `images` are uint8 pixels (see `model_input`), or float images in `input_range`.
@@ -76,7 +123,10 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   `skip_non_finite` its update is dropped (the step counter still advances). With
   `micro_batches` > 1 the share is split into that many equal parts whose losses, gradients
   and model state are averaged: the parts are independent in the compiled step, so XLA:CPU,
-  which runs each convolution on one core, runs them side by side.
+  which runs each convolution on one core, runs them side by side. With
+  `skip_grad_norm_above` > 0 a step whose gradient norm exceeds it is skipped too, and
+  counted (`skipped_steps`; `last_kept_step` is the last step not skipped).
+  `learning_rate_fn(step)` is logged as `learning_rate`.
   """
   step_rngs = _step_rngs(model, base_rng, state.step)
   images = pixels.model_input(images, input_range)
@@ -107,15 +157,23 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   grad_norm = optax.tree.norm(grads)
   loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), AXIS) > 0
   finite = loss_finite & jnp.isfinite(grad_norm)
-  if skip_non_finite:
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  skipping = skip_non_finite or skip_grad_norm_above > 0
+  applied = finite if skip_non_finite else jnp.bool_(True)
+  if skip_grad_norm_above > 0:
+    applied &= grad_norm <= skip_grad_norm_above  # Also False for a NaN norm.
+  if skipping:
+    kept = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
     new_state = kept.replace(step=new_state.step)
   values.update(loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params))
   values.update(non_finite_loss=1.0 - loss_finite, non_finite_grads=1.0 - jnp.isfinite(grad_norm),
-                first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0))
-  # Skipped steps don't pollute the averages; the non_finite_* flags count every step.
+                first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0),
+                skipped_steps=1.0 - applied, last_kept_step=jnp.where(
+                    applied, state.step + 1.0, -jnp.inf))
+  if learning_rate_fn is not None:
+    values['learning_rate'] = learning_rate_fn(state.step)
+  # Skipped steps don't pollute the averages; the flags and counts cover every step.
   # (Shape [1]: clu masks only values with a leading axis.)
-  mask = finite[None] if skip_non_finite else None
+  mask = applied[None] if skipping else None
   return new_state, metrics_cls.gather_from_model_output(
       mask=mask, **{name: jnp.reshape(value, (1,)) for name, value in values.items()})
 
@@ -136,16 +194,19 @@ def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: j
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple[int, ...],
-                    donate: bool = True):
+                    donate: bool = True, num_train_steps: int = 1):
   """`train_step` pmapped over the local devices (axis AXIS), as the trainer runs it:
   (replicated state, uint8 images [devices, batch, H, W, C], rng) -> (state, metrics).
-  With `donate` the state passed in is consumed (its buffers hold the new state)."""
+  With `donate` the state passed in is consumed (its buffers hold the new state);
+  `num_train_steps` is the run's length (for the learning-rate schedule it logs)."""
   metrics_cls = metrics.train_collection(metric_names(model, image_shape))
   return jax.pmap(
       functools.partial(train_step, model=model, metrics_cls=metrics_cls,
                         input_range=tuple(config.input_range),
                         skip_non_finite=config.on_non_finite == 'skip',
-                        micro_batches=config.micro_batches),
+                        micro_batches=config.micro_batches,
+                        skip_grad_norm_above=config.skip_grad_norm_above,
+                        learning_rate_fn=learning_rate_schedule(config, num_train_steps)),
       axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
 
 

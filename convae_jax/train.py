@@ -68,6 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       errors.UserError)
   if info.image_shape is not None:
     _check_image_shape(model, info.image_shape)
+  if info.num_examples[config.train_split] is not None:  # Else checked once the data is read.
+    _check_warmup(config, _num_train_steps(config, info.num_examples[config.train_split]))
   logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS', '(none)'))
   if config.micro_batches > 1 and jax.default_backend() != 'cpu':
     logging.warning('config.micro_batches=%d on %s: micro-batches were measured to pay on '
@@ -98,7 +100,8 @@ def _train_locked(config, workdir: str, model,
   num_train_steps = _num_train_steps(config, num_train_examples)
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  tx = steps.create_optimizer(config)
+  _check_warmup(config, num_train_steps)
+  tx = steps.create_optimizer(config, num_train_steps)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   state = checkpointer.restore_newest_readable(steps.abstract_train_state(model, tx, image_shape))
   if state is None:
@@ -122,7 +125,8 @@ def _train_locked(config, workdir: str, model,
     workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
 
-  p_train_step = steps.make_train_step(config, model, image_shape)
+  p_train_step = steps.make_train_step(config, model, image_shape,
+                                       num_train_steps=num_train_steps)
   p_eval_step = steps.make_eval_step(model, input_range, image_shape)
   pictures = jax.jit(lambda variables, x: model.apply(
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)
@@ -183,7 +187,7 @@ def _train_locked(config, workdir: str, model,
   # One dispatch per step for the running averages (an eager merge is many small ops).
   p_merge = jax.pmap(lambda totals, update: totals.merge(update), donate_argnums=(0,))
   train_metrics = None
-  last_logged = start_step
+  last_logged = last_kept = start_step
   logging.info('Training from step %d to %d', start_step, num_train_steps)
   try:
     with preemption.StopRequest() as stop:
@@ -200,9 +204,14 @@ def _train_locked(config, workdir: str, model,
         if step % config.log_every_steps == 0 or save_now:
           scalars = flax.jax_utils.unreplicate(train_metrics).compute()
           progress.log(step)
-          _check_finite(scalars, last_logged, step, config.on_non_finite, checkpointer)
+          last_kept = max(last_kept, float(scalars['last_kept_step']))
+          _check_skips(step, last_kept, config, checkpointer)
+          # With every step of the window skipped, its averages are of nothing (NaN).
+          applied_any = float(scalars['skipped_steps']) < step - last_logged
+          _check_finite(scalars, last_logged, step, config.on_non_finite, checkpointer,
+                        applied_any)
           writer.write_scalars(step, {f'train/{k}': float(v) for k, v in scalars.items()
-                                      if k != 'first_non_finite_step'})
+                                      if k not in ('first_non_finite_step', 'last_kept_step')})
           train_metrics, last_logged = None, step
         if (step % config.eval_every_steps == 0 or is_last) and not stopping:
           evaluate(step, state)
@@ -273,13 +282,14 @@ def _stop_agreed(stop: preemption.StopRequest, step: int, config, is_last: bool)
 
 
 def _check_finite(scalars: dict[str, Any], last_logged: int, step: int, on_non_finite: str,
-                  checkpointer: checkpointing.Checkpointer) -> None:
+                  checkpointer: checkpointing.Checkpointer, applied_any: bool = True) -> None:
   """Stops the run on non-finite values unless they are skipped (then it only logs them)."""
   bad = [what for what, flag in (('loss', 'non_finite_loss'), ('gradients', 'non_finite_grads'))
          if float(scalars[flag]) > 0]
-  if not bad and on_non_finite == 'stop':  # E.g. parameters that overflowed.
+  if not bad and on_non_finite == 'stop' and applied_any:  # E.g. parameters that overflowed.
     bad = [f'train/{k}' for k, v in scalars.items()
-           if k != 'first_non_finite_step' and not math.isfinite(float(v))]
+           if k not in ('first_non_finite_step', 'last_kept_step') and
+           not math.isfinite(float(v))]
   if not bad:
     return
   first = float(scalars['first_non_finite_step'])
@@ -293,6 +303,26 @@ def _check_finite(scalars: dict[str, Any], last_logged: int, step: int, on_non_f
       f'step {step}: non-finite {" and ".join(bad)} ({where}); stopped without saving (last '
       f'checkpoint: step {checkpointer.latest_step()}). Lower the learning rate, or set '
       '--config.on_non_finite=skip to skip such steps')
+
+
+def _check_warmup(config, num_train_steps: int) -> None:
+  warmup = steps.warmup_steps(config, num_train_steps)
+  if warmup >= num_train_steps:
+    raise config_checks.ConfigError(
+        f'config.warmup_steps: a warm-up of {warmup} steps is not shorter than the run '
+        f'({num_train_steps} steps); lower --config.warmup_steps (or warmup_fraction)')
+
+
+def _check_skips(step: int, last_kept: float, config, checkpointer) -> None:
+  """Stops a run whose updates have been skipped too many times in a row."""
+  skipped = step - last_kept
+  if config.skip_grad_norm_above > 0 and skipped > config.max_consecutive_skips:
+    raise FloatingPointError(
+        f'step {step}: the last {int(skipped)} updates were skipped (gradient norm above '
+        f'config.skip_grad_norm_above={config.skip_grad_norm_above}), more than '
+        f'config.max_consecutive_skips={config.max_consecutive_skips} in a row; stopped '
+        f'without saving (last checkpoint: step {checkpointer.latest_step()}). Raise the '
+        'threshold or lower the learning rate')
 
 
 def _last_eval_line(workdir: str) -> str:

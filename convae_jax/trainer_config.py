@@ -8,6 +8,8 @@ import ml_collections
 
 # What config.on_non_finite allows.
 ON_NON_FINITE = ('stop', 'skip')
+# What config.schedule allows (optax schedules of the step; steps.learning_rate_schedule).
+SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'warmup_rsqrt')
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -27,7 +29,22 @@ def defaults() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({'name': 'cae'})
 
   config.optimizer = 'adam'  # A name in steps.OPTIMIZERS.
-  config.learning_rate = 1e-3
+  config.learning_rate = 1e-3  # The peak, after any warm-up.
+  # The learning rate against the step (SCHEDULES): 'constant', or a linear warm-up from 0
+  # over warmup_steps (or warmup_fraction of the run, when positive) then a cosine or linear
+  # decay to end_learning_rate at the last step, or an inverse square root decay.
+  config.schedule = 'constant'
+  config.warmup_steps = 0
+  config.warmup_fraction = 0.0
+  config.end_learning_rate = 0.0
+  config.adam_b1 = 0.9  # adam and adamw.
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  # adamw's decoupled weight decay (optax's default value), applied to kernels only, not to
+  # biases, normalization scales or codebooks.
+  config.weight_decay = 1e-4
+  config.momentum = 0.0  # sgd.
+  config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = off.
 
   # Length: num_train_steps when positive, else num_epochs over the train split.
   config.batch_size = 128  # Global, over all devices of all processes.
@@ -48,6 +65,11 @@ def defaults() -> ml_collections.ConfigDict:
   # A NaN/Inf loss or gradient: 'stop' the run (nothing non-finite is ever saved), or 'skip'
   # that step's update and go on (ON_NON_FINITE).
   config.on_non_finite = 'stop'
+  # Skip updates whose gradient norm exceeds this (VDVAE's skip_threshold); 0 = off. Skipped
+  # steps are counted (train/skipped_steps); more than max_consecutive_skips in a row stop
+  # the run.
+  config.skip_grad_norm_above = 0.0
+  config.max_consecutive_skips = 100
 
   config.seed = 0
   return config

@@ -133,6 +133,15 @@ TRAIN_CASES = {
     'unknown part': ({'model.bottleneck.name': 'vqq'}, None,
                      r"config.model: unknown model.bottleneck.name 'vqq'; known: fsq, gaussian"),
     'input range reversed': ({'input_range': (1.0, 0.0)}, None, r'needs low < high'),
+    'unknown schedule': ({'schedule': 'cosine'}, None, r"config.schedule='cosine': known "
+                         'schedules are constant, warmup_cosine, warmup_linear, warmup_rsqrt'),
+    'negative decay': ({'weight_decay': -0.1}, None, r'config.weight_decay=-0.1: must be 0 or '
+                       'more'),
+    'warm-up longer than the run': ({'warmup_steps': 10}, None,
+                                    r'config.warmup_steps: a warm-up of 10 steps is not shorter '
+                                    r'than the run \(4 steps\)'),
+    'negative clipping': ({'grad_clip_norm': -1.0}, None, r'config.grad_clip_norm=-1.0: must be '
+                          r'0 \(off\) or positive'),
     'workdir is a file': ({}, '{files}/a_file', r'--workdir .*a_file is a file, not a folder'),
     'workdir below a file': ({}, '{files}/a_file/run', r'--workdir .*a_file is a file, so no '
                              'folder can be made below it'),
