@@ -10,7 +10,7 @@ For a model with discrete codes, `CodeCounts` counts each code's use over a whol
 eval image once), from which `code_statistics` gives codes_used (the fraction of codes used
 at least once) and code_perplexity (exp of the entropy of the usage histogram).
 """
-from typing import Iterable
+from typing import Callable, ClassVar, Iterable
 
 import dm_pix
 import flax.struct
@@ -50,20 +50,32 @@ class UnmaskedAverage(clu_metrics.Average):
 class Min(clu_metrics.Metric):
   """The smallest value seen (over devices and steps); `inf` when nothing was seen."""
   value: jax.Array
+  # What Max changes: the value of nothing seen, and how values combine.
+  nothing: ClassVar[float] = jnp.inf
+  of_values: ClassVar[Callable] = staticmethod(jnp.min)
+  combine: ClassVar[Callable] = staticmethod(jnp.minimum)
 
   @classmethod
-  def empty(cls) -> 'Min':
-    return cls(value=jnp.array(jnp.inf, jnp.float32))
+  def empty(cls):
+    return cls(value=jnp.array(cls.nothing, jnp.float32))
 
   @classmethod
-  def from_model_output(cls, values: jax.Array, **_) -> 'Min':
-    return cls(value=jnp.min(values).astype(jnp.float32))
+  def from_model_output(cls, values: jax.Array, **_):
+    return cls(value=cls.of_values(values).astype(jnp.float32))
 
-  def merge(self, other: 'Min') -> 'Min':
-    return type(self)(value=jnp.minimum(self.value, other.value))
+  def merge(self, other):
+    return type(self)(value=self.combine(self.value, other.value))
 
   def compute(self) -> jax.Array:
     return self.value
+
+
+@flax.struct.dataclass
+class Max(Min):
+  """The largest value seen (over devices and steps); `-inf` when nothing was seen."""
+  nothing: ClassVar[float] = -jnp.inf
+  of_values: ClassVar[Callable] = staticmethod(jnp.max)
+  combine: ClassVar[Callable] = staticmethod(jnp.maximum)
 
 
 @flax.struct.dataclass
@@ -88,26 +100,6 @@ class UnmaskedSum(clu_metrics.Metric):
 
   def compute(self) -> jax.Array:
     return self.total
-
-
-@flax.struct.dataclass
-class Max(clu_metrics.Metric):
-  """The largest value seen (over devices and steps); `-inf` when nothing was seen."""
-  value: jax.Array
-
-  @classmethod
-  def empty(cls) -> 'Max':
-    return cls(value=jnp.array(-jnp.inf, jnp.float32))
-
-  @classmethod
-  def from_model_output(cls, values: jax.Array, **_) -> 'Max':
-    return cls(value=jnp.max(values).astype(jnp.float32))
-
-  def merge(self, other: 'Max') -> 'Max':
-    return type(self)(value=jnp.maximum(self.value, other.value))
-
-  def compute(self) -> jax.Array:
-    return self.value
 
 
 def train_collection(model_names: Iterable[str]) -> type[clu_metrics.Collection]:

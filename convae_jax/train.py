@@ -97,10 +97,10 @@ def _train_locked(config, workdir: str, model,
     image_shape = splits[0].images.shape[1:]
     num_train_examples = splits[0].num_examples
     _check_image_shape(model, image_shape)
+    _check_warmup(config, _num_train_steps(config, num_train_examples))
   num_train_steps = _num_train_steps(config, num_train_examples)
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  _check_warmup(config, num_train_steps)
   tx = steps.create_optimizer(config, num_train_steps)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   state = checkpointer.restore_newest_readable(steps.abstract_train_state(model, tx, image_shape))
