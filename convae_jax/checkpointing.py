@@ -13,7 +13,8 @@ Orbax writes each checkpoint into a temporary folder and renames it when complet
 process killed mid-save never leaves a checkpoint that looks finished. A finished one that
 still cannot be read (a damaged disk, a file truncated by hand) is moved aside to
 WORKDIR/checkpoints_unreadable/ with a warning, and the next newest is used; nothing is
-deleted. A checkpoint of another model is refused: its workdir belongs to another run.
+deleted. A checkpoint of another model, or of other training settings (optimizer, schedule,
+gradient accumulation, weight EMA), is refused: its workdir belongs to another run.
 """
 import os
 import shutil
@@ -65,6 +66,18 @@ def finished_steps(workdir: str) -> list[int]:
     return []
   return sorted(int(name) for name in os.listdir(directory)
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def _leaf_paths(tree: Any) -> set[str]:
+  """The paths of a tree's leaves as 'a/b/0/c', alike for a train state and Orbax's metadata
+  of one (attributes, dict keys and sequence indices all become names)."""
+  def name(key) -> str:
+    for attr in ('name', 'key', 'idx'):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(name(key) for key in path) for path, _ in leaves}
 
 
 class Checkpointer:
@@ -128,6 +141,17 @@ class Checkpointer:
           f'checkpoint {step} in {self.directory} was written by a different model (parameter '
           f'{differ} differs from this config\'s); use a new --workdir, or the config that '
           'wrote it')
+
+    theirs, ours = _leaf_paths(saved), _leaf_paths(target)
+    if theirs != ours:
+      differ = sorted(theirs ^ ours)[0]
+      where = 'the checkpoint has it and this config has not' if differ in theirs else (
+          'this config has it and the checkpoint has not')
+      raise IncompatibleCheckpointError(
+          f'checkpoint {step} in {self.directory} was written with other training settings '
+          f'(state entry {differ}: {where}; the optimizer, schedule, accumulate_steps or '
+          'ema_decay changed); resume with the config that wrote it '
+          f'({os.path.join(self.workdir, "config.json")}), or use a new --workdir')
 
   def _move_aside(self, step: int) -> str:
     """Process 0 moves the checkpoint; all processes then forget it."""

@@ -2,9 +2,10 @@
 
   train        trains: launch.py's flags (convae train --config configs/cifar.py --workdir W)
 
-The other modes use a trained model; each loads WORKDIR's newest checkpoint, or --step N:
+The other modes use a trained model; each loads WORKDIR's newest checkpoint, or --step N
+(with its EMA weights when trained with config.ema_decay > 0, or --weights raw):
   evaluate     metrics of a TFDS split (mse, psnr, ssim, the model's own): a table and a JSON
-               (--output, default WORKDIR/evaluation_SPLIT_STEP.json)
+               (--output, default WORKDIR/evaluation_SPLIT_STEP.json; _raw.json for --weights raw)
   reconstruct  PNG/JPEG files or folders of any size -> --output DIR: NAME_original.png,
                NAME_reconstruction.png, grid.png (originals beside reconstructions), psnr.json;
                prints each image's PSNR
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
   common.add_argument('--workdir', required=True, help='The training run\'s workdir.')
   common.add_argument('--step', type=int, default=None,
                       help='Checkpoint step to load (default: the newest).')
+  common.add_argument('--weights', choices=inference.WEIGHTS, default='ema',
+                      help='ema (default): a run trained with config.ema_decay > 0 is used with '
+                      'its EMA weights, what its eval/ metrics are of; raw: its raw weights.')
   common.add_argument('--module', action='append', default=[],
                       help='A module to import first, e.g. one that registers your own variant '
                            '(repeatable).')
@@ -118,13 +122,15 @@ def evaluate(args, trained) -> None:
   dataset = args.dataset or trained.config.dataset
   num_images = results.pop('num_images')
   print(f'{dataset}:{split}, {num_images} images, model {trained.name!r} at step '
-        f'{trained.step}')
+        f'{trained.step}, {trained.weights} weights')
   print(f'{"metric":<16} {"value":>12}')
   for name in ['mse', 'psnr', 'ssim'] + sorted(set(results) - {'mse', 'psnr', 'ssim'}):
     print(f'{name:<16} {results[name]:>12.6g}')
   path = args.output or os.path.join(
-      trained.workdir, f'evaluation_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}_{trained.step}.json')
+      trained.workdir, f'evaluation_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}_{trained.step}'
+      f'{"_raw" if trained.config.ema_decay > 0 and trained.weights == "raw" else ""}.json')
   _write_json(path, {'workdir': trained.workdir, 'step': trained.step, 'model': trained.name,
+                     'weights': trained.weights,
                      'dataset': dataset, 'split': split, 'num_images': num_images,
                      'metrics': results})
   print(f'wrote {path}')
@@ -266,7 +272,7 @@ def main(argv=None) -> int:
         importlib.import_module(module)
       except ImportError as e:
         raise inference.UsageError(f'--module {module}: {e}') from None
-    trained = inference.load(args.workdir, args.step)
+    trained = inference.load(args.workdir, args.step, args.weights)
     MODES[args.mode](args, trained)
   except errors.UserError as e:
     return errors.report(e)

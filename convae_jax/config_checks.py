@@ -66,13 +66,16 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes);
   returns the model it describes."""
   _check_keys_and_types(config)
+  if config.dtype not in trainer_config.DTYPES:
+    raise ConfigError(f'config.dtype={config.dtype!r}: must be one of '
+                      f'{", ".join(trainer_config.DTYPES)}')
   try:
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, config.dtype)
   except (ValueError, TypeError, AttributeError) as e:
     raise ConfigError(f'config.model: {e}') from None
 
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
-              'checkpoint_every_steps', 'max_to_keep', 'micro_batches'):
+              'checkpoint_every_steps', 'max_to_keep', 'micro_batches', 'accumulate_steps'):
     _check_positive(config, key)
   for key in ('num_grid_images', 'profile_num_steps', 'seed'):
     if config[key] < 0:
@@ -80,6 +83,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
     raise ConfigError(f'config.num_train_steps={config.num_train_steps} and '
                       f'config.num_epochs={config.num_epochs}: set one of them positive')
+  if config.num_train_steps > 0 and config.num_train_steps % config.accumulate_steps:
+    raise ConfigError(f'config.num_train_steps={config.num_train_steps} is not a whole number '
+                      f'of updates of config.accumulate_steps={config.accumulate_steps} steps; '
+                      'use a multiple of it')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate={config.learning_rate}: must be positive')
   # Global batches: every device of every process takes an equal share.
@@ -109,7 +116,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
       ('weight_decay', 'be 0 or more', lambda v: v >= 0),
       ('momentum', 'lie in [0, 1)', lambda v: 0 <= v < 1),
       ('grad_clip_norm', 'be 0 (off) or positive', lambda v: v >= 0),
-      ('skip_grad_norm_above', 'be 0 (off) or positive', lambda v: v >= 0)):
+      ('skip_grad_norm_above', 'be 0 (off) or positive', lambda v: v >= 0),
+      ('ema_decay', 'lie in [0, 1) (0 = off; e.g. 0.999)', lambda v: 0 <= v < 1)):
     if not ok(config[key]):
       raise ConfigError(f'config.{key}={config[key]!r}: must {rule}')
   if config.on_non_finite not in trainer_config.ON_NON_FINITE:

@@ -3,6 +3,7 @@ sample, interpolate or evaluate.
 
     from convae_jax import inference
     model = inference.load('/tmp/cae')              # newest checkpoint; step=N for another
+                                                    # (EMA weights if trained with them)
     recon = model.reconstruct(images)               # float [N, H, W, C] or [H, W, C] in [0, 1]
     z = model.encode(images); same = model.decode(z, size=images.shape[-3:-1])
     model.evaluate('test')                          # {'mse': ..., 'psnr': ..., 'ssim': ...}
@@ -27,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from convae_jax import (checkpointing, config_checks, errors, image_io, models, paths, pixels,
-                        steps)
+                        steps, trainer_config)
 
 
 class UsageError(errors.UserError, ValueError):
@@ -70,8 +71,17 @@ def _training_image_size(config: ml_collections.ConfigDict, factor: int) -> tupl
   return (-(-height // factor) * factor, -(-width // factor) * factor)
 
 
-def load(workdir: str, step: int | None = None) -> 'TrainedModel':
-  """The model trained in `workdir`, restored from checkpoint `step` (default: the newest)."""
+WEIGHTS = ('ema', 'raw')  # What `load(weights=...)` allows.
+
+
+def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'TrainedModel':
+  """The model trained in `workdir`, restored from checkpoint `step` (default: the newest).
+
+  A run trained with config.ema_decay > 0 gives its EMA weights (what its eval/ metrics are
+  of), or with weights='raw' the raw ones (eval_raw/); a run without EMA, its weights.
+  """
+  if weights not in WEIGHTS:
+    raise UsageError(f'weights={weights!r}: must be one of {", ".join(WEIGHTS)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):
     raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
@@ -87,11 +97,11 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
     raise UsageError(f'{workdir} has no checkpoint at step {step}; available steps: '
                      f'{", ".join(map(str, saved_steps))}')
   path = config_path(workdir, step)
-  config = read_config(path)
+  config = trainer_config.completed(read_config(path))
   if 'model' not in config:
     raise UsageError(f'{path} has no model config; pass the --workdir of a training run')
   try:
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, config.dtype)
   except (ValueError, TypeError, AttributeError) as e:
     hint = ('' if config.model.get('name') in models.registry.RETIRED_MODELS else
             ' (a model or part of your own: import the module that registers it first; the '
@@ -101,7 +111,7 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
   factor = 2**model.num_downsamplings
   channels = model.image_channels
   target = steps.abstract_train_state(model, steps.create_optimizer(config),
-                                      (factor, factor, channels))
+                                      (factor, factor, channels), config.ema_decay)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   try:
     state = checkpointer.restore(target, step)
@@ -115,8 +125,10 @@ def load(workdir: str, step: int | None = None) -> 'TrainedModel':
     ) from None
   finally:
     checkpointer.close()
-  return TrainedModel(model=model, config=config, state=state, step=step, workdir=workdir,
-                      channels=channels)
+  used = 'ema' if weights == 'ema' and isinstance(state, steps.EmaTrainState) else 'raw'
+  return TrainedModel(model=model, config=config,
+                      state=steps.evaluated_weights(state, config.ema_decay, used), step=step,
+                      workdir=workdir, channels=channels, weights=used)
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -130,6 +142,7 @@ class TrainedModel:
   step: int
   workdir: str
   channels: int  # Of the images the model takes and gives.
+  weights: str = 'raw'  # 'ema': the run's EMA weights are the params; 'raw': its own.
 
   def __post_init__(self):
     model = self.model
@@ -146,7 +159,8 @@ class TrainedModel:
         static_argnums=(3,))
 
   def __repr__(self) -> str:
-    return f'TrainedModel(model={self.name!r}, step={self.step}, workdir={self.workdir!r})'
+    return (f'TrainedModel(model={self.name!r}, step={self.step}, weights={self.weights!r}, '
+            f'workdir={self.workdir!r})')
 
   @property
   def name(self) -> str:

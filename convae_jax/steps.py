@@ -28,6 +28,31 @@ class TrainState(train_state.TrainState):
   model_state: Any = flax.struct.field(default_factory=dict)
 
 
+class EmaTrainState(TrainState):
+  """A train state with an exponential moving average of the weights (config.ema_decay > 0).
+
+  A subclass rather than an optional field, so that a state without EMA keeps the structure
+  of earlier checkpoints. `ema` is optax.ema's state (count, biased average); the weights are
+  `ema_params(state, decay)`, the debiased average of the weights after each update.
+  """
+  ema: optax.EmaState = None
+
+
+def ema_params(state: TrainState, decay: float) -> Any:
+  """The EMA weights of an EmaTrainState (its raw weights before any update)."""
+  debiased = optax.tree.bias_correction(state.ema.ema, decay, jnp.maximum(state.ema.count, 1))
+  return jax.tree.map(lambda ema, raw: jnp.where(state.ema.count > 0, ema, raw), debiased,
+                      state.params)
+
+
+def evaluated_weights(state: TrainState, decay: float, weights: str = 'ema') -> TrainState:
+  """`state` with the weights to evaluate as its params: the EMA weights when it has them
+  and `weights` is 'ema', else the raw ones."""
+  if weights == 'ema' and isinstance(state, EmaTrainState):
+    return state.replace(params=ema_params(state, decay))
+  return state
+
+
 # config.optimizer: its optax optimizer, from the learning rate (a schedule) and the config.
 OPTIMIZERS = {
     'adam': lambda lr, c: optax.adam(lr, c.adam_b1, c.adam_b2, c.adam_eps),
@@ -71,30 +96,45 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
 def create_optimizer(config: ml_collections.ConfigDict,
                      num_train_steps: int = 1) -> optax.GradientTransformation:
   """The optimizer of `config` for a run of `num_train_steps` (its schedule's length; the
-  optimizer state's structure does not depend on it)."""
+  optimizer state's structure does not depend on it).
+
+  With accumulate_steps = k > 1, optax.MultiSteps averages the gradients of k steps and
+  updates once; the schedule stays a function of the train step (update u runs at the rate
+  of step u * k), and the state holds the partial sum, so a checkpoint between the k resumes
+  exactly.
+  """
+  k = config.accumulate_steps
   plain = config.schedule == 'constant' and not warmup_steps(config, num_train_steps)
   # A constant rate stays a number: the optimizer state of earlier runs, which restores.
-  learning_rate = config.learning_rate if plain else learning_rate_schedule(
-      config, num_train_steps)
+  schedule = learning_rate_schedule(config, num_train_steps)
+  learning_rate = config.learning_rate if plain else (
+      schedule if k == 1 else lambda update: schedule(update * k))
   tx = OPTIMIZERS[config.optimizer](learning_rate, config)
-  if config.grad_clip_norm > 0:
+  if config.grad_clip_norm > 0:  # Of the accumulated gradient, as of one large batch's.
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  if k > 1:
+    tx = optax.MultiSteps(tx, k).gradient_transformation()
   return tx
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
+                       image_shape: tuple[int, ...], ema_decay: float = 0.0) -> TrainState:
+  """A fresh state; with `ema_decay` > 0 an EmaTrainState."""
   init_rngs = {name: jax.random.fold_in(rng, i + 1) for i, name in enumerate(model.rng_streams)}
   variables = dict(model.init({'params': rng, **init_rngs}, jnp.zeros((1,) + image_shape),
                               train=False))
   params = variables.pop('params')
+  if ema_decay > 0:
+    return EmaTrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                                model_state=variables, ema=optax.ema(ema_decay).init(params))
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
 
 
-def abstract_train_state(model, tx: optax.GradientTransformation,
-                         image_shape: tuple[int, ...]) -> TrainState:
+def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+                         ema_decay: float = 0.0) -> TrainState:
   """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
-  return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0), image_shape))
+  return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0), image_shape,
+                                                   ema_decay))
 
 
 def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
@@ -115,7 +155,8 @@ def _apply(model, state: TrainState, params, images, *, train: bool, rngs):
 def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, model,
                metrics_cls, input_range: tuple[float, float], skip_non_finite: bool = False,
                micro_batches: int = 1, skip_grad_norm_above: float = 0.0,
-               learning_rate_fn: optax.Schedule | None = None) -> tuple[TrainState, Any]:
+               learning_rate_fn: optax.Schedule | None = None, ema_decay: float = 0.0,
+               accumulate_steps: int = 1) -> tuple[TrainState, Any]:
   """One optimizer step on this device's share of the global batch (inside pmap).
 
   `images` are uint8 pixels (see `model_input`), or float images in `input_range`.
@@ -126,7 +167,9 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   which runs each convolution on one core, runs them side by side. With
   `skip_grad_norm_above` > 0 a step whose gradient norm exceeds it is skipped too, and
   counted (`skipped_steps`; `last_kept_step` is the last step not skipped).
-  `learning_rate_fn(step)` is logged as `learning_rate`.
+  `learning_rate_fn(step)` is logged as `learning_rate`. With `ema_decay` > 0 the state's
+  EMA of the weights moves after each update (with `accumulate_steps` = k > 1, after every
+  k-th step, when the optimizer updates).
   """
   step_rngs = _step_rngs(model, base_rng, state.step)
   images = pixels.model_input(images, input_range)
@@ -154,6 +197,11 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
       lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
       model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
+  updated = new_state.opt_state.mini_step == 0 if accumulate_steps > 1 else jnp.bool_(True)
+  if ema_decay > 0:
+    _, ema = optax.ema(ema_decay).update(new_state.params, state.ema)
+    new_state = new_state.replace(ema=jax.tree.map(
+        lambda new, old: jnp.where(updated, new, old), ema, state.ema))
   grad_norm = optax.tree.norm(grads)
   loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), AXIS) > 0
   finite = loss_finite & jnp.isfinite(grad_norm)
@@ -169,8 +217,9 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
                 first_non_finite_step=jnp.where(finite, jnp.inf, state.step + 1.0),
                 skipped_steps=1.0 - applied, last_kept_step=jnp.where(
                     applied, state.step + 1.0, -jnp.inf))
-  if learning_rate_fn is not None:
-    values['learning_rate'] = learning_rate_fn(state.step)
+  if learning_rate_fn is not None:  # The rate of the update this step takes part in.
+    values['learning_rate'] = learning_rate_fn(
+        state.step if accumulate_steps == 1 else state.opt_state.gradient_step * accumulate_steps)
   # Skipped steps don't pollute the averages; the flags and counts cover every step.
   # (Shape [1]: clu masks only values with a leading axis.)
   mask = applied[None] if skipping else None
@@ -206,7 +255,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
                         skip_non_finite=config.on_non_finite == 'skip',
                         micro_batches=config.micro_batches,
                         skip_grad_norm_above=config.skip_grad_norm_above,
-                        learning_rate_fn=learning_rate_schedule(config, num_train_steps)),
+                        learning_rate_fn=learning_rate_schedule(config, num_train_steps),
+                        ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps),
       axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
 
 

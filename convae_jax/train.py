@@ -29,9 +29,12 @@ from convae_jax import (checkpointing, config_checks, distributed, errors, image
 
 
 def _num_train_steps(config, num_train_examples: int) -> int:
+  """config.num_train_steps, or num_epochs' steps rounded down to whole updates (a multiple
+  of accumulate_steps)."""
   if config.num_train_steps > 0:
     return config.num_train_steps
-  return max(1, int(config.num_epochs * num_train_examples // config.batch_size))
+  k = config.accumulate_steps
+  return max(k, int(config.num_epochs * num_train_examples // config.batch_size) // k * k)
 
 
 def _check_image_shape(model, image_shape) -> None:
@@ -103,9 +106,10 @@ def _train_locked(config, workdir: str, model,
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   tx = steps.create_optimizer(config, num_train_steps)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
-  state = checkpointer.restore_newest_readable(steps.abstract_train_state(model, tx, image_shape))
+  state = checkpointer.restore_newest_readable(
+      steps.abstract_train_state(model, tx, image_shape, config.ema_decay))
   if state is None:
-    state = steps.create_train_state(model, tx, init_rng, image_shape)
+    state = steps.create_train_state(model, tx, init_rng, image_shape, config.ema_decay)
   else:
     logging.info('Resumed from %s at step %d', checkpointer.directory, int(state.step))
   start_step = int(state.step)
@@ -128,6 +132,7 @@ def _train_locked(config, workdir: str, model,
   p_train_step = steps.make_train_step(config, model, image_shape,
                                        num_train_steps=num_train_steps)
   p_eval_step = steps.make_eval_step(model, input_range, image_shape)
+  p_ema_weights = jax.pmap(lambda state: steps.evaluated_weights(state, config.ema_decay))
   pictures = jax.jit(lambda variables, x: model.apply(
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)
                           for i, s in enumerate(model.rng_streams)},
@@ -138,11 +143,17 @@ def _train_locked(config, workdir: str, model,
   last_eval = {}
 
   def evaluate(step: int, state) -> None:
-    batches = input_pipeline.eval_batches(
+    batches = lambda: input_pipeline.eval_batches(
         eval_split, global_batch_size=config.eval_batch_size, num_local_devices=len(devices),
         process_index=jax.process_index(), process_count=jax.process_count())
-    results, code_counts = steps.evaluate(p_eval_step, state, batches, devices, step_rng)
+    # With EMA, eval/ is of the EMA weights (what inference loads) and eval_raw/ of the raw.
+    with_ema = isinstance(state, steps.EmaTrainState)
+    evaluated = p_ema_weights(state) if with_ema else state
+    results, code_counts = steps.evaluate(p_eval_step, evaluated, batches(), devices, step_rng)
     scalars = {f'eval/{k}': v for k, v in results.items()}
+    if with_ema:
+      raw, _ = steps.evaluate(p_eval_step, state, batches(), devices, step_rng)
+      scalars.update({f'eval_raw/{k}': v for k, v in raw.items()})
     writer.write_scalars(step, scalars)
     last_eval.update(scalars, step=step)
     if jax.process_index() > 0:
@@ -151,7 +162,7 @@ def _train_locked(config, workdir: str, model,
     if code_counts is not None:  # Each code's use over the whole eval split.
       grids['code_usage'] = image_grid.bar_chart(code_counts)
     if len(grid_indices):
-      grids.update(reconstruction_grids(state))
+      grids.update(reconstruction_grids(evaluated))
     writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
     for name, grid in grids.items():
       image_grid.save_png(grid, os.path.join(workdir, 'images', f'{name}_{step}.png'))

@@ -8,6 +8,8 @@ import ml_collections
 
 # What config.on_non_finite allows.
 ON_NON_FINITE = ('stop', 'skip')
+# What config.dtype allows: the activations' and convolutions' precision.
+DTYPES = ('float32', 'bfloat16')
 # What config.schedule allows (optax schedules of the step; steps.learning_rate_schedule).
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'warmup_rsqrt')
 
@@ -45,6 +47,16 @@ def defaults() -> ml_collections.ConfigDict:
   config.weight_decay = 1e-4
   config.momentum = 0.0  # sgd.
   config.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = off.
+  # One update per this many steps, on their averaged gradients (optax.MultiSteps): a batch
+  # this many times larger than fits. A step is still one batch (lengths, logs, checkpoints).
+  config.accumulate_steps = 1
+  # Evaluate (and by default infer with) an exponential moving average of the weights with
+  # this decay, debiased as optax.ema does; 0 = off. Also evaluated: the raw weights
+  # (eval_raw/...).
+  config.ema_decay = 0.0
+  # DTYPES: the activations' and convolutions' precision. Parameters, optimizer state,
+  # losses, metrics, likelihoods and codebook distances stay float32 (docs/performance.md).
+  config.dtype = 'float32'
 
   # Length: num_train_steps when positive, else num_epochs over the train split.
   config.batch_size = 128  # Global, over all devices of all processes.
@@ -73,3 +85,11 @@ def defaults() -> ml_collections.ConfigDict:
 
   config.seed = 0
   return config
+
+
+def completed(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A saved config with any key it predates set to its default (a workdir of an earlier
+  version: its run used what is now the default)."""
+  full = defaults()
+  full.update(config)
+  return full

@@ -304,7 +304,8 @@ def test_lists_of_images_of_any_size_are_done_each_at_its_size(cae, images_dir):
 
 def test_a_loaded_model_prints_in_one_line(cae, cae_workdir):
   text = repr(cae)
-  assert text == f"TrainedModel(model='seed+identity+mse', step=2, workdir={cae_workdir!r})"
+  assert text == (f"TrainedModel(model='seed+identity+mse', step=2, weights='raw', "
+                  f"workdir={cae_workdir!r})")
 
 
 def test_the_readme_python_snippet_runs_as_written(cae_workdir, images_dir, tmp_path,

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import ml_collections
 
-from convae_jax.models import base, parts, registry
+from convae_jax.models import base, layers, parts, registry
 
 PART_KINDS = {'backbone': parts.BACKBONES, 'bottleneck': parts.BOTTLENECKS,
               'likelihood': parts.LIKELIHOODS, 'corruption': parts.CORRUPTIONS}
@@ -43,6 +43,10 @@ class PartsAutoencoder(base.Autoencoder):
   likelihood: Mapping[str, Any] = ml_collections.FrozenConfigDict({'name': 'mse'})
   corruption: Mapping[str, Any] = ml_collections.FrozenConfigDict({'name': 'none'})
   image_channels: int = 3
+  # The backbone's precision (config.dtype): its parameters stay float32, and the bottleneck
+  # and likelihood compute in float32 on its outputs (vector quantization in bfloat16 is known
+  # to lose codes).
+  dtype: str = 'float32'
 
   def __post_init__(self):
     built = {}
@@ -53,6 +57,7 @@ class PartsAutoencoder(base.Autoencoder):
     base.require('model', 'image_channels', self.image_channels,
                  base.is_int(self.image_channels) and self.image_channels >= 1,
                  'be an integer >= 1')
+    base.require_one_of('model', 'dtype', self.dtype, ('float32', 'bfloat16'))
     if not built['bottleneck'].deterministic and self.corruption['name'] != 'none':
       raise ValueError(
           f"model.corruption.name={self.corruption['name']!r} (denoising) needs a deterministic "
@@ -102,27 +107,36 @@ class PartsAutoencoder(base.Autoencoder):
 
   def setup(self):
     backbone, likelihood = self._parts['backbone'], self._parts['likelihood']
-    self.encoder = backbone.encoder()
-    self.decoder = backbone.decoder(likelihood.outputs_per_channel * self.image_channels)
+    initializing = self.is_initializing()
+    self.encoder = layers.computing_in(backbone.encoder(), self.dtype, initializing)
+    self.decoder = layers.computing_in(
+        backbone.decoder(likelihood.outputs_per_channel * self.image_channels), self.dtype,
+        initializing)
     # Parameter names as in earlier versions' single-file models, so their workdirs load.
     self.bottleneck_part = self._parts['bottleneck'].clone()
     self.likelihood_part = likelihood.clone()
     self.corruption_part = self._parts['corruption'].clone()
 
+  def _encoder(self, images, train):
+    return self.encoder(images.astype(self.dtype), train).astype(jnp.float32)
+
+  def _decoder(self, latents, train):
+    return self.decoder(latents.astype(self.dtype), train).astype(jnp.float32)
+
   def encode(self, images, train):
-    return self.bottleneck_part.latents(self.encoder(images, train))
+    return self.bottleneck_part.latents(self._encoder(images, train))
 
   def decode(self, latents, train):
-    return self.likelihood_part.mean(self.decoder(latents, train))
+    return self.likelihood_part.mean(self._decoder(latents, train))
 
   def corrupt(self, images):
     return self.corruption_part(images, self.output_range)
 
   def __call__(self, images, *, train=False):
     image_dims = math.prod(images.shape[1:])
-    features = self.encoder(self.corrupt(images), train)
+    features = self._encoder(self.corrupt(images), train)
     bottleneck = self.bottleneck_part(features, train, image_dims)
-    outputs = self.decoder(bottleneck.latents, train)
+    outputs = self._decoder(bottleneck.latents, train)
     losses, nll = self.likelihood_part(outputs, images)
     reconstruction = self.likelihood_part.mean(outputs)
     if not train and not self.deterministic:

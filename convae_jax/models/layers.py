@@ -281,6 +281,26 @@ class PatchConvTranspose(nn.Module):
     return patches.reshape(n, h * k, w * k, self.features) + bias
 
 
+def cast_floats(tree, dtype):
+  """`tree` with its floating-point leaves cast to `dtype` (the others as they are)."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def computing_in(module: nn.Module, dtype, initializing: bool) -> nn.Module:
+  """`module` (unbound, not yet named) computing in `dtype`: it reads its float32 parameters
+  cast to `dtype`, so every layer in it computes in `dtype` given inputs in `dtype`, while
+  the parameters (and their gradients) stay float32 under the same names. Other collections
+  (batch statistics) are not cast. While `initializing` it is `module` itself: parameters
+  are created in float32 exactly as without it.
+  """
+  if initializing or jnp.dtype(dtype) == jnp.float32:
+    return module
+  mapped = nn.map_variables(type(module), 'params', trans_in_fn=lambda v: cast_floats(v, dtype))
+  return mapped(**{f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+                   if f.init and f.name not in ('parent', 'name')})
+
+
 # The trainer's pmap axis (steps.py): parts that must agree across devices reduce over it.
 DEVICE_AXIS = 'batch'
 

@@ -100,7 +100,15 @@ def get_model_class(name: str) -> type:
   return MODELS.get(name)
 
 
-def create_model(model_config: ml_collections.ConfigDict):
-  """Builds the registered model from `config.model` (its `name` plus the class's fields)."""
-  get_model_class(model_config.get('name'))  # The clearest refusal of an unknown name.
-  return MODELS.create(model_config)
+def create_model(model_config: ml_collections.ConfigDict, dtype: str = 'float32'):
+  """Builds the registered model from `config.model` (its `name` plus the class's fields),
+  computing in `dtype` (config.dtype): a model other than float32 has a `dtype` field."""
+  cls = get_model_class(model_config.get('name'))  # The clearest refusal of an unknown name.
+  if 'dtype' in model_config:
+    raise ValueError('model.dtype: the precision is a trainer setting; set --config.dtype')
+  if dtype == 'float32':
+    return MODELS.create(model_config)
+  if 'dtype' not in settings_of(cls):
+    raise ValueError(f'model {model_config["name"]!r} computes in float32 only (it has no dtype '
+                     f'field), not in {dtype}; set --config.dtype=float32')
+  return MODELS.create(model_config, dtype=dtype)
