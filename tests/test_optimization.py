@@ -1,5 +1,7 @@
-"""The research trainer's optimizer settings: schedules, clipping, weight decay, skipping."""
+"""The research trainer's optimizer settings: schedules, clipping, weight decay, skipping,
+gradient accumulation, and refusing a checkpoint of other settings."""
 import json
+import os
 
 import flax.jax_utils
 import jax
@@ -112,3 +114,82 @@ def test_resumed_in_the_warm_up_equals_unstopped(cifar_config, tmp_path, monkeyp
   lines = [json.loads(l) for l in open(tmp_path / 'a' / 'metrics.jsonl', encoding='utf-8')]
   rates = {l['step']: l['train/learning_rate'] for l in lines if 'train/learning_rate' in l}
   assert rates[2] == pytest.approx((0.0 + 2.5e-4) / 2)  # The mean over steps 1 and 2.
+
+
+def _accumulated_and_large_updates(config_of):
+  """The parameter changes of 2 accumulated steps of 2 images per device, and of 1 step of
+  the same 4 images per device."""
+  images = np.random.default_rng(0).integers(0, 256, (2, 4, 2, 32, 32, 3), np.uint8)
+  updates = []
+  for k, batches in ((2, [images[0], images[1]]), (1, [np.concatenate(images, axis=1)])):
+    config = config_of(accumulate_steps=k)
+    model = models.create_model(config.model)
+    initial = flax.jax_utils.replicate(steps.create_train_state(
+        model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+    train_step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
+    state = initial
+    for i, batch in enumerate(batches):
+      new_state, _ = train_step(state, batch, jax.random.key(1))
+      if k == 2 and i == 0:  # Mid-accumulation: nothing applied yet.
+        jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+      state = new_state
+    updates.append(jax.device_get(jax.tree.map(lambda new, old: (new - old)[0], state.params,
+                                               initial.params)))
+  return updates
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_accumulating_k_batches_equals_one_batch_k_times_larger(optimizer, cifar_config):
+  config_of = lambda **k: cifar_config(optimizer=optimizer, learning_rate=0.01,
+                                       grad_clip_norm=1.0, **k)
+  accumulated, large = _accumulated_and_large_updates(config_of)
+  for a, b in zip(jax.tree.leaves(accumulated), jax.tree.leaves(large)):
+    assert np.abs(b).max() > 0  # The update moved every parameter.
+    if optimizer == 'sgd':  # The update is the gradient itself: equal up to float rounding.
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    else:
+      # Adam's first update is lr * g / (|g| + eps), about lr * sign(g): a gradient within
+      # rounding of 0 may flip. All but such elements agree.
+      close = np.isclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+      assert close.mean() > 0.99, close.mean()
+
+
+@pytest.mark.slow
+def test_ema_and_accumulation_resume_exactly_mid_accumulation(cifar_config, tmp_path,
+                                                              monkeypatch):
+  config = lambda: cifar_config(num_train_steps=6, accumulate_steps=2, ema_decay=0.9,
+                                schedule='warmup_linear', warmup_steps=2, log_every_steps=1)
+  with tfds.testing.mock_data(num_examples=20):
+    straight = train.train_and_evaluate(config(), str(tmp_path / 'a'))
+    # Stopped after step 3, between the two steps of the second update; resumed.
+    with monkeypatch.context() as patch:
+      patch.setattr(train, '_stop_agreed', lambda stop, step, config, is_last: step == 3)
+      with pytest.raises(preemption.Preempted):
+        train.train_and_evaluate(config(), str(tmp_path / 'b'))
+    checkpointer = train.checkpointing.Checkpointer(str(tmp_path / 'b'), 3)
+    saved = checkpointer.restore(steps.abstract_train_state(
+        models.create_model(config().model), steps.create_optimizer(config(), 6), (32, 32, 3),
+        0.9))
+    checkpointer.close()
+    assert (int(saved.step), int(saved.opt_state.mini_step)) == (3, 1)
+    resumed = train.train_and_evaluate(config(), str(tmp_path / 'b'))
+  jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
+  jax.tree.map(np.testing.assert_array_equal, straight.ema, resumed.ema)
+  assert int(straight.opt_state.gradient_step) == 3
+  lines = [json.loads(l) for l in open(tmp_path / 'a' / 'metrics.jsonl', encoding='utf-8')]
+  rates = [l['train/learning_rate'] for l in lines if 'train/learning_rate' in l]
+  # Steps 1-2 make update 0 (rate 0 at step 0), 3-4 update 1 (step 2: the peak), 5-6 update 2.
+  assert rates[:4] == [0.0, 0.0, pytest.approx(1e-3), pytest.approx(1e-3)]
+
+
+def test_a_checkpoint_of_other_training_settings_is_refused_and_kept(cifar_config, tmp_path):
+  with tfds.testing.mock_data(num_examples=20):
+    train.train_and_evaluate(cifar_config(num_train_steps=2), str(tmp_path))
+    before = sorted(os.listdir(tmp_path / 'checkpoints'))
+    with pytest.raises(train.checkpointing.IncompatibleCheckpointError,
+                       match=r'checkpoint 2 in .* was written with other training settings '
+                       r'\(state entry ema/count: this config has it and the checkpoint has '
+                       r'not; .*\); resume with the config that wrote it'):
+      train.train_and_evaluate(cifar_config(num_train_steps=4, ema_decay=0.9), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert not (tmp_path / 'checkpoints_unreadable').exists()

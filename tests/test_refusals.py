@@ -56,6 +56,8 @@ LAUNCH_CASES = {
                       r"'photo_patches' has splits test, train"),
     'negative grid': (['--config.num_grid_images=-1'],
                       r'error: config.num_grid_images=-1: must be 0 or more'),
+    'EMA decay out of range': (['--config.ema_decay=1.5'],
+                               r'error: config.ema_decay=1.5: must lie in \[0, 1\)'),
     'workdir is a file': (['--workdir', '{files}/a_file'],
                           r'error: --workdir .*a_file is a file, not a folder'),
     'unknown key': (['--config.batch_sise=8'],
@@ -142,6 +144,17 @@ TRAIN_CASES = {
                                     r'than the run \(4 steps\)'),
     'negative clipping': ({'grad_clip_norm': -1.0}, None, r'config.grad_clip_norm=-1.0: must be '
                           r'0 \(off\) or positive'),
+    'EMA decay of one': ({'ema_decay': 1.0}, None, r'config.ema_decay=1.0: must lie in '
+                         r'\[0, 1\) \(0 = off; e.g. 0.999\)'),
+    'unknown dtype': ({'dtype': 'float16'}, None, r"config.dtype='float16': must be one of "
+                      'float32, bfloat16'),
+    'dtype in the model': ({'model.dtype': 'bfloat16'}, None, r'config.model: model.dtype: the '
+                           r'precision is a trainer setting; set --config.dtype'),
+    'accumulation not dividing the run': ({'accumulate_steps': 3}, None,
+                                          r'config.num_train_steps=4 is not a whole number of '
+                                          r'updates of config.accumulate_steps=3 steps'),
+    'zero accumulation': ({'accumulate_steps': 0}, None, r'config.accumulate_steps=0: must be a '
+                          'positive integer'),
     'workdir is a file': ({}, '{files}/a_file', r'--workdir .*a_file is a file, not a folder'),
     'workdir below a file': ({}, '{files}/a_file/run', r'--workdir .*a_file is a file, so no '
                              'folder can be made below it'),
