@@ -183,5 +183,5 @@ def test_crash_script_kills_and_resumes(tmp_path, photo_data_dir):
       cwd=REPO, env=_launch_env(), capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
   report = json.load(open(tmp_path / 'report.json', encoding='utf-8'))
-  assert report['final_params_equal'] is True and not report['unreadable_checkpoint_picked']
+  assert report['final_state_equal'] is True and not report['unreadable_checkpoint_picked']
   assert report['max_steps_lost'] <= 20

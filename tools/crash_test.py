@@ -8,7 +8,8 @@ with `kill -9` after a random delay (the seed chooses them) and relaunching, `--
 then lets it finish. Reports, for each kill, the step training had reached, the step the next
 launch resumed from and the steps lost (never more than the checkpoint interval), whether any
 launch picked an unreadable checkpoint, and whether the final parameters equal the
-reference's bitwise. Writes the report as JSON to WORKDIR/report.json. Exit code 0 when all
+reference's bitwise, and the whole final state (optimizer moments, any partial gradient
+sum and weight EMA) too. Writes the report as JSON to WORKDIR/report.json. Exit code 0 when all
 checks hold.
 """
 import argparse
@@ -60,14 +61,16 @@ def _newest_checkpoint(workdir) -> int:
   return max(steps, default=0)
 
 
-def _final_params(workdir):
-  """The parameters of the newest checkpoint, as saved (no model or config needed)."""
+def _final_state(workdir):
+  """(step, parameters, whole state) of the newest checkpoint, as saved: the state holds the
+  optimizer's moments, any partial gradient sum and any weight EMA (no model or config
+  needed)."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   step = _newest_checkpoint(workdir)
   saved = ocp.StandardCheckpointer().restore(
       os.path.join(workdir, 'checkpoints', str(step), 'default'))
-  return step, jax.tree.leaves(saved['params'])
+  return step, jax.tree.leaves(saved['params']), jax.tree.leaves(saved)
 
 
 def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
@@ -119,10 +122,14 @@ def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
       mismatched.append(event['launch'])
     unreadable |= 'cannot be read' in text
 
-  same = None
+  same = same_state = None
   if reference_rc == 0 and final_rc == 0:
-    (ref_step, ref_params), (step, params) = _final_params(reference), _final_params(crashy)
-    same = ref_step == step and all(np.array_equal(a, b) for a, b in zip(ref_params, params))
+    (ref_step, ref_params, ref_state), (step, params, state) = (_final_state(reference),
+                                                                _final_state(crashy))
+    equal = lambda xs, ys: len(xs) == len(ys) and all(np.array_equal(a, b)
+                                                      for a, b in zip(xs, ys))
+    same = ref_step == step and equal(ref_params, params)
+    same_state = ref_step == step and equal(ref_state, state)
   kills_made = sum(not e['finished_before_kill'] for e in events)
   report = {
       'kills': kills_made, 'reference_rc': reference_rc, 'final_rc': final_rc,
@@ -130,9 +137,9 @@ def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
       'max_steps_lost': max((e['steps_lost'] for e in events), default=0),
       'checkpoint_interval': interval, 'unreadable_checkpoint_picked': unreadable,
       'resumed_elsewhere_than_newest_checkpoint': mismatched,
-      'final_params_equal': same, 'events': events,
+      'final_params_equal': same, 'final_state_equal': same_state, 'events': events,
   }
-  report['ok'] = (reference_rc == 0 and final_rc == 0 and same is True and not unreadable and
+  report['ok'] = (reference_rc == 0 and final_rc == 0 and same_state is True and not unreadable and
                   not mismatched and report['max_steps_lost'] <= interval)
   with open(os.path.join(workdir, 'report.json'), 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=2)
@@ -163,7 +170,8 @@ def main():
   print(f'kills: {report["kills"]}, resumes: {report["resumes"]}, max steps lost: '
         f'{report["max_steps_lost"]} (checkpoint interval {interval}), unreadable checkpoint '
         f'picked: {report["unreadable_checkpoint_picked"]}, final parameters equal to the '
-        f'uninterrupted run: {report["final_params_equal"]} ({time.time() - start:.0f} s)')
+        f'uninterrupted run: {report["final_params_equal"]}, whole final state (optimizer, '
+        f'EMA) equal: {report["final_state_equal"]} ({time.time() - start:.0f} s)')
   print('OK' if report['ok'] else 'FAILED')
   sys.exit(0 if report['ok'] else 1)
 
