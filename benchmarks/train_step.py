@@ -1,6 +1,7 @@
 """Train-step throughput of the real pmapped train step, per model and batch size.
 
     python benchmarks/train_step.py --models cae,resae --batch_sizes 64,128,256 --output out.json
+    python benchmarks/train_step.py --models resae --batch_sizes 128 --dtypes float32,bfloat16
 
 Random uint8 images, as the input pipeline streams them (the step's cost does not depend on
 pixel values). For each (model, batch): compile time (the first call), then `--windows` timed
@@ -27,11 +28,12 @@ from configs import cifar  # pylint: disable=wrong-import-position
 from convae_jax import models, steps  # pylint: disable=wrong-import-position
 
 
-def make_step(variant: str, batch_size: int, devices, micro_batches: int = 1):
+def make_step(variant: str, batch_size: int, devices, micro_batches: int = 1,
+              dtype: str = 'float32'):
   """(step function, replicated state, device batch) of the trainer's own train step."""
   config = cifar.get_config(variant)
-  config.micro_batches = micro_batches
-  model = models.create_model(config.model)
+  config.micro_batches, config.dtype = micro_batches, dtype
+  model = models.create_model(config.model, dtype)
   state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = steps.make_train_step(config, model, (32, 32, 3))
@@ -52,9 +54,9 @@ def time_windows(run_steps, steps: int, windows: int) -> list[float]:
 
 
 def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: int,
-              micro_batches: int = 1) -> dict:
+              micro_batches: int = 1, dtype: str = 'float32') -> dict:
   devices = jax.local_devices()
-  step, state, batch = make_step(variant, batch_size, devices, micro_batches)
+  step, state, batch = make_step(variant, batch_size, devices, micro_batches, dtype)
   rng = jax.random.key(1)
   holder = {'state': state}
 
@@ -71,7 +73,7 @@ def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: i
   seconds = statistics.median(time_windows(run_steps, steps, windows))
   return {'model': variant, 'batch_size': batch_size, 'compile_s': round(compile_s, 2),
           'images_per_sec': round(steps * batch_size / seconds, 1), 'devices': len(devices),
-          'micro_batches': micro_batches}
+          'micro_batches': micro_batches, 'dtype': dtype}
 
 
 def main():
@@ -82,17 +84,20 @@ def main():
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=10)
   parser.add_argument('--micro_batches', type=int, default=1, help='config.micro_batches')
+  parser.add_argument('--dtypes', default='float32', help='config.dtype values, e.g. '
+                      'float32,bfloat16')
   parser.add_argument('--output', default='train_step.json')
   args = parser.parse_args()
   results = []
-  print(f'{"model":>10} {"batch":>6} {"compile s":>10} {"images/s":>10}')
+  print(f'{"model":>10} {"batch":>6} {"dtype":>9} {"compile s":>10} {"images/s":>10}')
   for variant in args.models.split(','):
     for batch_size in map(int, args.batch_sizes.split(',')):
-      r = benchmark(variant, batch_size, args.steps, args.windows, args.warmup,
-                    args.micro_batches)
-      results.append(r)
-      print(f'{variant:>10} {batch_size:>6} {r["compile_s"]:>10} {r["images_per_sec"]:>10}',
-            flush=True)
+      for dtype in args.dtypes.split(','):
+        r = benchmark(variant, batch_size, args.steps, args.windows, args.warmup,
+                      args.micro_batches, dtype)
+        results.append(r)
+        print(f'{variant:>10} {batch_size:>6} {dtype:>9} {r["compile_s"]:>10} '
+              f'{r["images_per_sec"]:>10}', flush=True)
   env = {k: os.environ.get(k) for k in ('XLA_FLAGS', 'MALLOC_ARENA_MAX', 'MALLOC_TOP_PAD_')}
   with open(args.output, 'w', encoding='utf-8') as f:
     json.dump({'results': results, 'jax': jax.__version__, 'env': env}, f, indent=2)

@@ -96,3 +96,13 @@ def test_inference_loads_the_ema_weights_by_default(ema_workdir):
                jax.device_get(steps.ema_params(saved, config.ema_decay)))
   jax.tree.map(np.testing.assert_array_equal, inference.load(ema_workdir, weights='raw')
                .state.params, saved.params)
+
+
+def test_the_results_table_shows_both_weights_of_an_ema_run(ema_workdir, capsys):
+  from tools import results_table  # pylint: disable=g-import-not-at-top
+  assert results_table.main([f'cae={ema_workdir}']) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith('| cae')]
+  with open(os.path.join(ema_workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    last = [l for l in map(json.loads, f) if 'eval/mse' in l][-1]
+  assert rows[0].startswith('| cae (EMA weights) |') and f'{last["eval/mse"]:.5f}' in rows[0]
+  assert rows[1].startswith('| cae (raw weights) |') and f'{last["eval_raw/mse"]:.5f}' in rows[1]

@@ -8,7 +8,8 @@ and WORKDIR/metrics.jsonl and prints one Markdown row per run: parameters, steps
 evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO, where the model has one), the
 fraction of codes used over the eval split and its perplexity (models with codes), the
 median train images/s and the training time. With --curves, also writes one PNG of each
-run's eval PSNR (and bits/dim, where present) against training steps.
+run's eval PSNR (and bits/dim, where present) against training steps. A run trained with
+weight EMA gets two rows: its EMA weights (eval/) and its raw weights (eval_raw/).
 """
 import json
 import os
@@ -52,9 +53,13 @@ def _duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
-def row(name: str, workdir: str) -> dict[str, str]:
+def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
+  """The run's row from its last evaluation's `prefix` figures (eval_raw/: the raw weights of
+  a run with EMA)."""
   config, lines = read_run(workdir)
-  evals = [l for l in lines if 'eval/mse' in l]
+  evals = [{'step': l['step'], **{'eval/' + k[len(prefix):]: v for k, v in l.items()
+                                  if k.startswith(prefix)}}
+           for l in lines if prefix + 'mse' in l]
   if not evals:
     raise errors.UserError(f'{workdir}/metrics.jsonl has no evaluation yet')
   last = evals[-1]
@@ -120,7 +125,14 @@ def main(argv=None) -> int:
   runs = [tuple(r.rsplit('=', 1)) if '=' in r else (os.path.basename(r.rstrip('/')), r)
           for r in args.runs]
   try:
-    print(markdown([row(name, workdir) for name, workdir in runs]))
+    rows = []
+    for name, workdir in runs:
+      if any('eval_raw/mse' in l for l in read_run(workdir)[1]):  # EMA: both weights.
+        rows += [row(f'{name} (EMA weights)', workdir),
+                 row(f'{name} (raw weights)', workdir, 'eval_raw/')]
+      else:
+        rows.append(row(name, workdir))
+    print(markdown(rows))
     if args.curves:
       plot_curves(runs, args.curves)
   except errors.UserError as e:
