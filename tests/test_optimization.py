@@ -98,18 +98,29 @@ def test_a_run_that_keeps_skipping_stops(cifar_config, tmp_path):
       train.train_and_evaluate(config, str(tmp_path))
 
 
+def _straight_and_resumed(config, tmp_path, monkeypatch, stop_after: int, check_saved=None):
+  """Final states of `config()` trained unstopped (in tmp_path/a) and stopped after step
+  `stop_after` (as by SIGTERM: saved, then raised) then resumed (in tmp_path/b), on fake
+  data; `check_saved(workdir)` looks at the stopped run's checkpoint first."""
+  with tfds.testing.mock_data(num_examples=20):
+    straight = train.train_and_evaluate(config(), str(tmp_path / 'a'))
+    with monkeypatch.context() as patch:
+      patch.setattr(train, '_stop_agreed',
+                    lambda stop, step, config, is_last: step == stop_after)
+      with pytest.raises(preemption.Preempted):
+        train.train_and_evaluate(config(), str(tmp_path / 'b'))
+    if check_saved:
+      check_saved(str(tmp_path / 'b'))
+    resumed = train.train_and_evaluate(config(), str(tmp_path / 'b'))
+  return straight, resumed
+
+
 @pytest.mark.slow
 def test_resumed_in_the_warm_up_equals_unstopped(cifar_config, tmp_path, monkeypatch):
   config = lambda: cifar_config(num_train_steps=6, schedule='warmup_cosine', warmup_steps=4,
                                 grad_clip_norm=1.0)
-  with tfds.testing.mock_data(num_examples=20):
-    straight = train.train_and_evaluate(config(), str(tmp_path / 'a'))
-    # Stopped after step 2 of the 4 of warm-up (as by SIGTERM: saved, then raised), resumed.
-    with monkeypatch.context() as patch:
-      patch.setattr(train, '_stop_agreed', lambda stop, step, config, is_last: step == 2)
-      with pytest.raises(preemption.Preempted):
-        train.train_and_evaluate(config(), str(tmp_path / 'b'))
-    resumed = train.train_and_evaluate(config(), str(tmp_path / 'b'))
+  # Stopped after step 2 of the 4 of warm-up, resumed.
+  straight, resumed = _straight_and_resumed(config, tmp_path, monkeypatch, 2)
   jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
   lines = [json.loads(l) for l in open(tmp_path / 'a' / 'metrics.jsonl', encoding='utf-8')]
   rates = {l['step']: l['train/learning_rate'] for l in lines if 'train/learning_rate' in l}
@@ -159,20 +170,18 @@ def test_ema_and_accumulation_resume_exactly_mid_accumulation(cifar_config, tmp_
                                                               monkeypatch):
   config = lambda: cifar_config(num_train_steps=6, accumulate_steps=2, ema_decay=0.9,
                                 schedule='warmup_linear', warmup_steps=2, log_every_steps=1)
-  with tfds.testing.mock_data(num_examples=20):
-    straight = train.train_and_evaluate(config(), str(tmp_path / 'a'))
-    # Stopped after step 3, between the two steps of the second update; resumed.
-    with monkeypatch.context() as patch:
-      patch.setattr(train, '_stop_agreed', lambda stop, step, config, is_last: step == 3)
-      with pytest.raises(preemption.Preempted):
-        train.train_and_evaluate(config(), str(tmp_path / 'b'))
-    checkpointer = train.checkpointing.Checkpointer(str(tmp_path / 'b'), 3)
+
+  def saved_mid_accumulation(workdir):
+    checkpointer = train.checkpointing.Checkpointer(workdir, 3)
     saved = checkpointer.restore(steps.abstract_train_state(
         models.create_model(config().model), steps.create_optimizer(config(), 6), (32, 32, 3),
         0.9))
     checkpointer.close()
     assert (int(saved.step), int(saved.opt_state.mini_step)) == (3, 1)
-    resumed = train.train_and_evaluate(config(), str(tmp_path / 'b'))
+
+  # Stopped after step 3, between the two steps of the second update; resumed.
+  straight, resumed = _straight_and_resumed(config, tmp_path, monkeypatch, 3,
+                                            saved_mid_accumulation)
   jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
   jax.tree.map(np.testing.assert_array_equal, straight.ema, resumed.ema)
   assert int(straight.opt_state.gradient_step) == 3
