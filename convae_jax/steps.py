@@ -197,8 +197,8 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
       lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
       model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
-  updated = new_state.opt_state.mini_step == 0 if accumulate_steps > 1 else jnp.bool_(True)
-  if ema_decay > 0:
+  if ema_decay > 0:  # With accumulation, only when the optimizer updated (mini step back to 0).
+    updated = new_state.opt_state.mini_step == 0 if accumulate_steps > 1 else True
     _, ema = optax.ema(ema_decay).update(new_state.params, state.ema)
     new_state = new_state.replace(ema=jax.tree.map(
         lambda new, old: jnp.where(updated, new, old), ema, state.ema))
@@ -218,8 +218,9 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
                 skipped_steps=1.0 - applied, last_kept_step=jnp.where(
                     applied, state.step + 1.0, -jnp.inf))
   if learning_rate_fn is not None:  # The rate of the update this step takes part in.
-    values['learning_rate'] = learning_rate_fn(
-        state.step if accumulate_steps == 1 else state.opt_state.gradient_step * accumulate_steps)
+    step = state.step if accumulate_steps == 1 else (
+        state.opt_state.gradient_step * accumulate_steps)
+    values['learning_rate'] = learning_rate_fn(step)
   # Skipped steps don't pollute the averages; the flags and counts cover every step.
   # (Shape [1]: clu masks only values with a leading axis.)
   mask = applied[None] if skipping else None

@@ -37,7 +37,7 @@ def test_a_bfloat16_step_keeps_parameters_and_results_float32(preset, cifar_conf
                                                           model.rng_streams}},
                          jnp.zeros((1, 32, 32, 3)))
   images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
-  features = model.apply(variables, images, False, method='_encoder')
+  features = model.apply(variables, images, False, method='features')
   assert features.dtype == jnp.float32
   np.testing.assert_array_equal(features, features.astype(jnp.bfloat16).astype(jnp.float32))
   state = flax.jax_utils.replicate(steps.create_train_state(

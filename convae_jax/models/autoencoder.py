@@ -117,26 +117,28 @@ class PartsAutoencoder(base.Autoencoder):
     self.likelihood_part = likelihood.clone()
     self.corruption_part = self._parts['corruption'].clone()
 
-  def _encoder(self, images, train):
+  def features(self, images, train):
+    """The encoder's features of `images`, computed in `dtype`, given as float32."""
     return self.encoder(images.astype(self.dtype), train).astype(jnp.float32)
 
-  def _decoder(self, latents, train):
+  def decoder_outputs(self, latents, train):
+    """The decoder's outputs (before the likelihood), computed in `dtype`, given as float32."""
     return self.decoder(latents.astype(self.dtype), train).astype(jnp.float32)
 
   def encode(self, images, train):
-    return self.bottleneck_part.latents(self._encoder(images, train))
+    return self.bottleneck_part.latents(self.features(images, train))
 
   def decode(self, latents, train):
-    return self.likelihood_part.mean(self._decoder(latents, train))
+    return self.likelihood_part.mean(self.decoder_outputs(latents, train))
 
   def corrupt(self, images):
     return self.corruption_part(images, self.output_range)
 
   def __call__(self, images, *, train=False):
     image_dims = math.prod(images.shape[1:])
-    features = self._encoder(self.corrupt(images), train)
+    features = self.features(self.corrupt(images), train)
     bottleneck = self.bottleneck_part(features, train, image_dims)
-    outputs = self._decoder(bottleneck.latents, train)
+    outputs = self.decoder_outputs(bottleneck.latents, train)
     losses, nll = self.likelihood_part(outputs, images)
     reconstruction = self.likelihood_part.mean(outputs)
     if not train and not self.deterministic:
