@@ -195,8 +195,6 @@ def _train_locked(config, workdir: str, model,
   progress = _Progress(start_step, num_train_steps, config.batch_size)
 
   state = flax.jax_utils.replicate(state, devices)
-  # One dispatch per step for the running averages (an eager merge is many small ops).
-  p_merge = jax.pmap(lambda totals, update: totals.merge(update), donate_argnums=(0,))
   train_metrics = None
   last_logged = last_kept = start_step
   logging.info('Training from step %d to %d', start_step, num_train_steps)
@@ -205,7 +203,8 @@ def _train_locked(config, workdir: str, model,
       for step in range(start_step + 1, num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, update = p_train_step(state, next(train_iter), step_rng)
-        train_metrics = update if train_metrics is None else p_merge(train_metrics, update)
+        train_metrics = (update if train_metrics is None else
+                         steps.merge_metrics(train_metrics, update))
         for hook in hooks:
           hook(step)
         is_last = step == num_train_steps
