@@ -5,8 +5,9 @@
 Both train the same model (7,347 parameters: MSE, Adam 1e-3) on the same random [0, 1]
 batch. PyTorch runs in the setting that was fastest here (torch.compile of the whole step on
 a channels-last model; --torch_mode picks another); the JAX side is the trainer's own
-pmapped train step, with --micro_batches as its config.micro_batches (4 lets XLA:CPU run
-independent parts on both cores; see docs/performance.md). Windows alternate (torch, jax,
+pmapped train step, with --micro_batches as its config.micro_batches (default 0: chosen as
+the trainer chooses them, so on CPU independent parts that XLA:CPU runs on both cores; see
+docs/performance.md). Windows alternate (torch, jax,
 torch, jax, ...) so that machine noise hits both; the median window of each is reported
 with the ratio jax/torch. Needs torch (not a project dependency). Both run with the glibc
 malloc settings of convae_jax/malloc_env.py (set on start unless CONVAE_MALLOC_TUNING=0),
@@ -58,8 +59,9 @@ def torch_runner(batch_size: int, mode: str):
 
 
 def jax_runner(batch_size: int, micro_batches: int):
-  step, state, batch = train_step.make_step('cae', batch_size, jax.local_devices(),
-                                            micro_batches)
+  """(run(n steps), the micro-batches it uses) of the trainer's own step."""
+  step, state, batch, micro_batches = train_step.make_step('cae', batch_size,
+                                                           jax.local_devices(), micro_batches)
   rng = jax.random.key(1)
   holder = {'state': state}
 
@@ -69,7 +71,7 @@ def jax_runner(batch_size: int, micro_batches: int):
       holder['state'], out = step(holder['state'], batch, rng)
     jax.block_until_ready(out)
 
-  return run
+  return run, micro_batches
 
 
 def main():
@@ -79,13 +81,14 @@ def main():
   parser.add_argument('--windows', type=int, default=7)
   parser.add_argument('--torch_mode', default='compile',
                       choices=['eager', 'channels_last', 'compile'])
-  parser.add_argument('--micro_batches', type=int, default=1,
-                      help="config.micro_batches of the JAX step (4 suits XLA:CPU)")
+  parser.add_argument('--micro_batches', type=int, default=0,
+                      help='config.micro_batches of the JAX step (0: chosen as the trainer '
+                      'does)')
   parser.add_argument('--output', default='compare_torch.json')
   args = parser.parse_args()
 
-  runners = {'torch': torch_runner(args.batch_size, args.torch_mode),
-             'jax': jax_runner(args.batch_size, args.micro_batches)}
+  jax_run, micro_batches = jax_runner(args.batch_size, args.micro_batches)
+  runners = {'torch': torch_runner(args.batch_size, args.torch_mode), 'jax': jax_run}
   for run in runners.values():  # Compile and warm up.
     run(10)
   seconds = {name: [] for name in runners}
@@ -99,14 +102,14 @@ def main():
       'batch_size': args.batch_size, 'torch_mode': args.torch_mode,
       'torch_images_per_sec': round(rates['torch'], 1),
       'jax_images_per_sec': round(rates['jax'], 1), 'jax_devices': jax.local_device_count(),
-      'jax_micro_batches': args.micro_batches,
+      'jax_micro_batches': micro_batches,
       'ratio_jax_over_torch': round(rates['jax'] / rates['torch'], 3),
       'torch': torch.__version__, 'jax': jax.__version__, 'torch_threads': torch.get_num_threads(),
       'env': {k: os.environ.get(k) for k in ('XLA_FLAGS', 'MALLOC_ARENA_MAX', 'MALLOC_TOP_PAD_',
                                              'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')},
   }
   print(f'batch {args.batch_size}: PyTorch ({args.torch_mode}) {result["torch_images_per_sec"]} '
-        f'img/s, JAX ({args.micro_batches} micro-batches) {result["jax_images_per_sec"]} '
+        f'img/s, JAX ({micro_batches} micro-batches) {result["jax_images_per_sec"]} '
         f'img/s, ratio {result["ratio_jax_over_torch"]}')
   with open(args.output, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)

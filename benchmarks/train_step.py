@@ -28,19 +28,22 @@ from configs import cifar  # pylint: disable=wrong-import-position
 from convae_jax import models, steps  # pylint: disable=wrong-import-position
 
 
-def make_step(variant: str, batch_size: int, devices, micro_batches: int = 1,
+def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
               dtype: str = 'float32'):
-  """(step function, replicated state, device batch) of the trainer's own train step."""
+  """(step function, replicated state, device batch, micro-batches used) of the trainer's
+  own train step; micro_batches 0 chooses them as the trainer does (steps.micro_batches)."""
   config = cifar.get_config(variant)
-  config.micro_batches, config.dtype = micro_batches, dtype
+  config.batch_size, config.dtype = batch_size, dtype
   model = models.create_model(config.model, dtype)
+  config.micro_batches = micro_batches
+  config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend())
   state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = steps.make_train_step(config, model, (32, 32, 3))
   images = np.random.default_rng(0).integers(
       0, 256, (len(devices), batch_size // len(devices), 32, 32, 3), dtype=np.uint8)
   batch = next(flax.jax_utils.prefetch_to_device(iter([images]), 1, devices))
-  return step, flax.jax_utils.replicate(state, devices), batch
+  return step, flax.jax_utils.replicate(state, devices), batch, config.micro_batches
 
 
 def time_windows(run_steps, steps: int, windows: int) -> list[float]:
@@ -54,9 +57,10 @@ def time_windows(run_steps, steps: int, windows: int) -> list[float]:
 
 
 def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: int,
-              micro_batches: int = 1, dtype: str = 'float32') -> dict:
+              micro_batches: int = 0, dtype: str = 'float32') -> dict:
   devices = jax.local_devices()
-  step, state, batch = make_step(variant, batch_size, devices, micro_batches, dtype)
+  step, state, batch, micro_batches = make_step(variant, batch_size, devices, micro_batches,
+                                                dtype)
   rng = jax.random.key(1)
   holder = {'state': state}
 
@@ -83,7 +87,8 @@ def main():
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=10)
-  parser.add_argument('--micro_batches', type=int, default=1, help='config.micro_batches')
+  parser.add_argument('--micro_batches', type=int, default=0,
+                      help='config.micro_batches (0: chosen as the trainer does)')
   parser.add_argument('--dtypes', default='float32', help='config.dtype values, e.g. '
                       'float32,bfloat16')
   parser.add_argument('--output', default='train_step.json')

@@ -75,9 +75,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(f'config.model: {e}') from None
 
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
-              'checkpoint_every_steps', 'max_to_keep', 'micro_batches', 'accumulate_steps'):
+              'checkpoint_every_steps', 'max_to_keep', 'accumulate_steps'):
     _check_positive(config, key)
-  for key in ('num_grid_images', 'profile_num_steps', 'seed'):
+  for key in ('num_grid_images', 'profile_num_steps', 'seed', 'micro_batches'):
     if config[key] < 0:
       raise ConfigError(f'config.{key}={config[key]!r}: must be 0 or more')
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
@@ -95,7 +95,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     if config[key] % num_devices:
       raise ConfigError(f'config.{key}={config[key]} does not divide over {num_devices} '
                         f'devices{where}; use a multiple of {num_devices}')
-  if (config.batch_size // num_devices) % config.micro_batches:
+  if config.micro_batches and (config.batch_size // num_devices) % config.micro_batches:
     raise ConfigError(f'config.micro_batches={config.micro_batches} does not divide the '
                       f'{config.batch_size // num_devices} images per device; use a divisor')
   if config.optimizer not in steps.OPTIMIZERS:

@@ -137,6 +137,27 @@ def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: t
                                                    ema_decay))
 
 
+# Automatic micro-batching on CPU (config.micro_batches=0): this many parts per device, each
+# of at least MIN_AUTO_PART images (smaller parts were not measured to pay).
+AUTO_MICRO_BATCHES = 4
+MIN_AUTO_PART = 8
+
+
+def micro_batches(config: ml_collections.ConfigDict, model, num_devices: int,
+                  backend: str) -> int:
+  """The micro-batches a step uses: config.micro_batches when positive; for 0 (auto), on
+  CPU, the most parts up to AUTO_MICRO_BATCHES that divide the per-device batch into parts
+  of MIN_AUTO_PART images or more, for a model whose step they leave exact
+  (`model.splits_exactly`); else 1 (GPU and TPU: one part)."""
+  if config.micro_batches > 0:
+    return config.micro_batches
+  per_device = config.batch_size // num_devices
+  if backend != 'cpu' or not model.splits_exactly:
+    return 1
+  return next((k for k in range(AUTO_MICRO_BATCHES, 1, -1)
+               if per_device % k == 0 and per_device // k >= MIN_AUTO_PART), 1)
+
+
 def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
   """Keys for the model's random streams: a function of (seed, step, device) only."""
   rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), jax.lax.axis_index(AXIS))
@@ -254,7 +275,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
       functools.partial(train_step, model=model, metrics_cls=metrics_cls,
                         input_range=tuple(config.input_range),
                         skip_non_finite=config.on_non_finite == 'skip',
-                        micro_batches=config.micro_batches,
+                        micro_batches=micro_batches(config, model, jax.device_count(),
+                                                    jax.default_backend()),
                         skip_grad_norm_above=config.skip_grad_norm_above,
                         learning_rate_fn=learning_rate_schedule(config, num_train_steps),
                         ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps),

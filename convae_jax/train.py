@@ -78,6 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     logging.warning('config.micro_batches=%d on %s: micro-batches were measured to pay on '
                     'XLA:CPU only (docs/performance.md); 1 is the usual choice here',
                     config.micro_batches, jax.default_backend())
+  if config.micro_batches == 0:
+    logging.info('config.micro_batches=0 (auto): %d micro-batches per device on %s',
+                 steps.micro_batches(config, model, jax.device_count(), jax.default_backend()),
+                 jax.default_backend())
   logging.info('Config:\n%s', config)
   with contextlib.ExitStack() as stack:
     # Process 0 holds the lock for the run (the others share its workdir); if it cannot,

@@ -60,9 +60,10 @@ def defaults() -> ml_collections.ConfigDict:
 
   # Length: num_train_steps when positive, else num_epochs over the train split.
   config.batch_size = 128  # Global, over all devices of all processes.
-  # Each device's batch in this many parts, averaged: 1 on GPU/TPU; on CPU, 4 lets XLA run
-  # the parts on different cores (docs/performance.md).
-  config.micro_batches = 1
+  # Each device's batch in this many parts, averaged, which XLA:CPU runs on different cores
+  # (docs/performance.md). 0 = auto (steps.micro_batches): on CPU up to 4 parts for a model
+  # whose step they leave exact, 1 otherwise and on GPU/TPU.
+  config.micro_batches = 0
   config.num_epochs = 20.0
   config.num_train_steps = -1
 

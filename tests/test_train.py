@@ -191,3 +191,26 @@ def test_each_eval_batch_draws_its_own_noise(cifar_config):
   # With one key for every batch, two identical batches would average to one batch's loss.
   assert one['loss'] != two['loss']
   assert abs(one['loss'] - two['loss']) < 0.1 * one['loss']
+
+
+def test_automatic_micro_batches_split_only_where_the_step_stays_exact(cifar_config):
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+
+  def chosen(preset='cae', batch_size=128, devices=1, backend='cpu', **overrides):
+    config = cifar_config(batch_size=batch_size, micro_batches=0)
+    config.model = cifar.model(preset)
+    for key, value in overrides.items():
+      config.model[key].update(value)
+    return steps.micro_batches(config, models.create_model(config.model), devices, backend)
+
+  assert chosen() == 4 and chosen('resae') == 4 and chosen('vae') == 4
+  assert chosen(batch_size=16) == 2 and chosen(batch_size=8) == 1  # Parts of 8 or more.
+  assert chosen(batch_size=128, devices=8) == 2  # 16 images per device.
+  assert chosen(backend='gpu') == chosen(backend='tpu') == 1
+  # Statistics of each part would differ from the whole batch's: one part.
+  assert chosen('vqvae') == chosen('vqvae-resnet') == 1
+  assert chosen('fsq') == 1 and chosen('fsq', bottleneck={'entropy_weight': 0.0}) == 4
+  assert chosen('resae', backbone={'normalization': 'batch'}) == 1
+  assert not models.Autoencoder().splits_exactly  # A model of one's own, unless it says so.
+  config = cifar_config(batch_size=128, micro_batches=2)
+  assert steps.micro_batches(config, models.create_model(cifar.model('vqvae')), 1, 'cpu') == 2

@@ -105,6 +105,10 @@ class PartsAutoencoder(base.Autoencoder):
   def num_codes(self) -> int:
     return self._parts['bottleneck'].num_codes
 
+  @property
+  def splits_exactly(self) -> bool:
+    return self._parts['backbone'].splits_exactly and self._parts['bottleneck'].splits_exactly
+
   def setup(self):
     backbone, likelihood = self._parts['backbone'], self._parts['likelihood']
     initializing = self.is_initializing()

@@ -100,6 +100,10 @@ class FiniteScalarQuantizer(parts.Bottleneck):
   def num_codes(self) -> int:
     return math.prod(self.levels)
 
+  @property
+  def splits_exactly(self) -> bool:
+    return self.entropy_weight == 0  # The entropy term is of each part's batch.
+
   @nn.compact
   def __call__(self, features, train, image_dims):
     del train, image_dims

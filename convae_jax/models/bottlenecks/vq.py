@@ -65,6 +65,10 @@ class VectorQuantizer(parts.Bottleneck):
   dead_code_threshold: float = 0.1
   usage_decay: float = 0.9
 
+  @property
+  def splits_exactly(self) -> bool:
+    return False  # Data initialization, restarts and codebook statistics are of each part.
+
   def __post_init__(self):
     what = "model.bottleneck 'vq'"
     base.require(what, 'num_codes', self.num_codes,
