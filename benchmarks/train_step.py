@@ -35,7 +35,7 @@ def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
   config = cifar.get_config(variant)
   config.batch_size, config.dtype = batch_size, dtype
   model = models.create_model(config.model, dtype)
-  config.micro_batches = micro_batches
+  config.micro_batches = micro_batches  # 0: resolved below, as the trainer does.
   config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend())
   state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
