@@ -14,7 +14,7 @@ import time
 from convae_jax import malloc_env
 
 if __name__ == '__main__':
-  malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
+  malloc_env.ensure()  # As launch.py does (CONVAE_MALLOC_TUNING=0 measures without them).
 
 import flax.jax_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax

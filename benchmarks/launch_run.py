@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -31,7 +33,7 @@ def main():
   parser.add_argument('--extra', action='append', default=[],
                       help='One more --config.KEY=VALUE flag (repeat: --extra=A --extra=B).')
   parser.add_argument('--malloc_tuning', default='1', choices=['0', '1'],
-                      help='CONVAE_MALLOC_TUNING for the run (1: as benchmarks/train_step.py).')
+                      help="CONVAE_MALLOC_TUNING for the run (1: launch.py's default).")
   parser.add_argument('--output', default='launch_run.json')
   args = parser.parse_args()
 
@@ -55,7 +57,8 @@ def main():
             'malloc_tuning': args.malloc_tuning,
             'images_per_sec': round(statistics.median(rates[1:]) * args.batch_size, 1),
             'reports': [round(r * args.batch_size, 1) for r in rates],
-            'wall_s': round(wall_s, 1), 'peak_rss_mib': round(peak_mib)}
+            'wall_s': round(wall_s, 1), 'peak_rss_mib': round(peak_mib),
+            'machine': machine.describe()}
   print(f'launch.py {args.config}, {args.num_train_steps} steps of {args.batch_size}: '
         f'{result["images_per_sec"]} images/s training, {result["wall_s"]} s wall, '
         f'peak RSS {result["peak_rss_mib"]} MiB')

@@ -12,11 +12,17 @@ import json
 import pathlib
 import time
 
-import numpy as np
-import tensorflow_datasets as tfds
-import torch
+from convae_jax import malloc_env
 
-from convae_jax import torch_seed
+if __name__ == '__main__':
+  malloc_env.ensure()  # PyTorch's best CPU setting includes them too (docs/performance.md).
+
+import numpy as np  # pylint: disable=wrong-import-position
+import tensorflow_datasets as tfds  # pylint: disable=wrong-import-position
+import torch  # pylint: disable=wrong-import-position
+
+import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
+from convae_jax import torch_seed  # pylint: disable=wrong-import-position
 
 _EVAL_BATCH = 1000
 
@@ -87,7 +93,8 @@ def main():
   results = {'epochs': args.epochs, 'batch_size': args.batch_size, 'seed': args.seed,
              'test_mse': test_mse, 'test_psnr': test_psnr,
              'train_images_per_sec': images_per_sec, 'torch_version': torch.__version__,
-             'num_threads': torch.get_num_threads()}
+             'num_threads': torch.get_num_threads(), 'machine': machine.describe(),
+             'malloc_settings': malloc_env.describe()}
   print(json.dumps(results, indent=2))
   output = pathlib.Path(args.output)
   output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,23 +17,26 @@ import time
 from convae_jax import malloc_env, xla_cpu_flags
 
 if __name__ == '__main__':
-  malloc_env.ensure(default_on=True)  # CONVAE_MALLOC_TUNING=0 measures without them.
+  malloc_env.ensure()  # As launch.py does (CONVAE_MALLOC_TUNING=0 measures without them).
   xla_cpu_flags.apply()  # As launch.py does.
 
 import flax.jax_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 
+import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
 from configs import cifar  # pylint: disable=wrong-import-position
 from convae_jax import models, steps  # pylint: disable=wrong-import-position
 
 
 def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
-              dtype: str = 'float32'):
+              dtype: str = 'float32', backbone: dict | None = None):
   """(step function, replicated state, device batch, micro-batches used) of the trainer's
-  own train step; micro_batches 0 chooses them as the trainer does (steps.micro_batches)."""
+  own train step; micro_batches 0 chooses them as the trainer does (steps.micro_batches).
+  `backbone` updates the preset's config.model.backbone (e.g. {'widths': (32, 64)})."""
   config = cifar.get_config(variant)
   config.batch_size, config.dtype = batch_size, dtype
+  config.model.backbone.update(backbone or {})
   model = models.create_model(config.model, dtype)
   config.micro_batches = micro_batches  # 0: resolved below, as the trainer does.
   config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend())
@@ -105,7 +108,8 @@ def main():
               f'{r["images_per_sec"]:>10}', flush=True)
   env = {k: os.environ.get(k) for k in ('XLA_FLAGS', 'MALLOC_ARENA_MAX', 'MALLOC_TOP_PAD_')}
   with open(args.output, 'w', encoding='utf-8') as f:
-    json.dump({'results': results, 'jax': jax.__version__, 'env': env}, f, indent=2)
+    json.dump({'results': results, 'jax': jax.__version__, 'env': env,
+               'machine': machine.describe()}, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -142,7 +142,7 @@ def _train(argv):
 def run(argv: list[str] | None = None) -> None:
   """Parses `argv` (default sys.argv) as the flags above and trains; exits with the code."""
   from convae_jax import malloc_env, xla_cpu_flags  # pylint: disable=g-import-not-at-top
-  malloc_env.ensure()  # With CONVAE_MALLOC_TUNING=1: faster CPU steps (docs/performance.md).
+  malloc_env.ensure()  # Unless CONVAE_MALLOC_TUNING=0: faster CPU steps (docs/performance.md).
   xla_cpu_flags.apply()  # 512-bit vectors on AVX-512 CPUs; before any JAX backend starts.
   logs.quiet_tensorflow()
   app.run(_train, argv=argv, flags_parser=parse_flags)

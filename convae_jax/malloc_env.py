@@ -1,4 +1,4 @@
-"""glibc malloc settings that keep freed activation buffers in the process (opt-in).
+"""glibc malloc settings that keep freed activation buffers in the process (on by default).
 
 By default glibc hands large freed blocks back to the kernel, so every training step maps
 fresh pages for its activations and takes a page fault for each one, which is costly on a
@@ -7,10 +7,10 @@ read when the process
 starts, so `ensure()` re-executes the current command with them once, before JAX or
 TensorFlow is imported. Values already in the environment win.
 
-Opt-in for training (CONVAE_MALLOC_TUNING=1): with them, the tools/crash_test.py run here
-once ended a few float ulps away from the uninterrupted run, while bitwise resume held
-without them. Benchmarks turn them on unless CONVAE_MALLOC_TUNING=0.
-See docs/performance.md.
+On unless CONVAE_MALLOC_TUNING=0. They change where buffers live, never what is computed:
+the train step gives bitwise the same state with or without them and whatever the alignment
+of the host arrays it starts from (tests/test_malloc_env.py), and a resumed run ends bitwise
+equal to an unstopped one with them on (docs/never_losing_work.md).
 """
 import os
 import platform
@@ -25,14 +25,20 @@ SETTINGS = {
 SWITCH = 'CONVAE_MALLOC_TUNING'  # '1' on, '0' off; unset: the caller's default.
 
 
+def applies() -> bool:
+  """Whether the settings mean anything here: glibc on Linux (musl, macOS and Windows ignore
+  these variables)."""
+  return platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
+
+
 def missing() -> dict[str, str]:
   """The settings this process did not start with (empty where they do not apply)."""
-  if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
-    return {}  # musl, macOS and Windows ignore these variables.
+  if not applies():
+    return {}
   return {k: v for k, v in SETTINGS.items() if k not in os.environ}
 
 
-def ensure(default_on: bool = False) -> None:
+def ensure(default_on: bool = True) -> None:
   """Re-executes this very command (same PID) with the settings, when they are switched on
   (CONVAE_MALLOC_TUNING=1, or unset and `default_on`) and the process lacks them."""
   switch = os.environ.get(SWITCH)
@@ -44,3 +50,13 @@ def ensure(default_on: bool = False) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, {**os.environ, **todo})
+
+
+def describe() -> str:
+  """The settings this process runs with, for the log."""
+  if not applies():
+    return 'not applicable (not glibc)'
+  present = [f'{k}={os.environ[k]}' for k in SETTINGS if k in os.environ]
+  if not present:
+    return f'off ({SWITCH}=0 or none set)'
+  return ' '.join(present) + f' ({SWITCH}=0 turns them off)'

@@ -24,8 +24,8 @@ from absl import logging
 from clu import periodic_actions
 
 from convae_jax import (checkpointing, config_checks, distributed, errors, image_grid,
-                        input_pipeline, paths, pixels, preemption, steps, workdir as workdir_lib,
-                        writers)
+                        input_pipeline, malloc_env, paths, pixels, preemption, steps,
+                        workdir as workdir_lib, writers)
 
 
 def _num_train_steps(config, num_train_examples: int) -> int:
@@ -74,6 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   if info.num_examples[config.train_split] is not None:  # Else checked once the data is read.
     _check_warmup(config, _num_train_steps(config, info.num_examples[config.train_split]))
   logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS', '(none)'))
+  logging.info('glibc malloc settings: %s', malloc_env.describe())
   if config.micro_batches > 1 and jax.default_backend() != 'cpu':
     logging.warning('config.micro_batches=%d on %s: micro-batches were measured to pay on '
                     'XLA:CPU only (docs/performance.md); 1 is the usual choice here',

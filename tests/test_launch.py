@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_launch
-from convae_jax import checkpointing, models, steps, xla_cpu_flags
+from convae_jax import checkpointing, malloc_env, models, steps, xla_cpu_flags
 
 
 def _args(workdir, data_dir, steps):
@@ -42,6 +42,10 @@ def test_launch_trains_resumes_and_matches_four_devices(tmp_path, photo_data_dir
   flags_line = next(line for line in result.stderr.splitlines() if 'XLA_FLAGS:' in line)
   assert '--xla_force_host_platform_device_count=1' in flags_line
   assert ('--xla_cpu_prefer_vector_width=512' in flags_line) == xla_cpu_flags.cpu_has_avx512()
+  # And it runs with the malloc settings unless told not to (CONVAE_MALLOC_TUNING=0).
+  malloc_line = next(line for line in result.stderr.splitlines() if 'malloc settings:' in line)
+  if malloc_env.applies() and os.environ.get(malloc_env.SWITCH) != '0':
+    assert all(f'{k}=' in malloc_line for k in malloc_env.SETTINGS), malloc_line
   # The run ends with one line that says it is done, with its final figures and outputs.
   last = result.stderr.strip().splitlines()[-1]
   assert 'Done: trained to step 6 of 6' in last and 'eval/psnr=' in last and str(one) in last

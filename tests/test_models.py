@@ -1,4 +1,5 @@
-"""The seed model: shapes, parameter count, full convolutionality, registries, fast layers."""
+"""The seed model: shapes, parameter count, full convolutionality, registries; the shared fast
+layers against Flax's own."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,52 @@ def test_conv_with_pool_window_is_conv_then_max_pool():
   theirs = jax.grad(loss(lambda p: nn.max_pool(unpooled.apply(p, x), (2, 2), (2, 2))))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, theirs)
 
+
+
+@pytest.mark.parametrize('activation', [None, nn.silu, nn.relu])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_group_norm_matches_flax_group_norm_then_activation(activation, dtype):
+  # 'fused' (the default, a custom gradient) against nn.GroupNorm then the activation: the
+  # same function and the same gradients for the input, the scale and the bias.
+  x = (jax.random.normal(jax.random.key(0), (3, 6, 5, 16)) * 2.0 + 1.0).astype(dtype)
+  layer = layers.GroupNorm(4, activation=activation)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(1), p.shape),
+                        layer.init(jax.random.key(2), x))
+  weights = jax.random.normal(jax.random.key(3), x.shape)
+  loss = lambda p, x: jnp.sum(layer.apply(p, x).astype(jnp.float32) * weights)
+  results = {}
+  for form in ('fused', 'flax'):
+    with layers.formulations(group_norm=form):
+      results[form] = (layer.apply(params, x), jax.grad(loss, argnums=(0, 1))(params, x))
+  (out, grads), (expected, expected_grads) = results['fused'], results['flax']
+  assert out.dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.float32(out), np.float32(expected), rtol=tolerance,
+                             atol=tolerance)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.float32(a), np.float32(b), rtol=tolerance * 10, atol=tolerance * 10 * float(
+          np.max(np.abs(np.float32(b))))), grads, expected_grads)
+
+
+def test_group_norm_refuses_channels_that_do_not_split_into_groups():
+  with pytest.raises(ValueError, match='6 channels do not split into 4 groups'):
+    layers.GroupNorm(4).init(jax.random.key(0), jnp.zeros((1, 2, 2, 6)))
+
+
+def test_resnet_backbone_computes_the_same_function_in_both_group_norms():
+  # The resnet backbone with the fused group norm and with Flax's: the same reconstructions
+  # and gradients.
+  model = models.create_model(cifar.model('resae'))
+  images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+  params = model.init(jax.random.key(1), images)['params']
+  loss = lambda params: jnp.mean((model.apply({'params': params}, images).reconstruction -
+                                  images)**2)
+  with layers.formulations(group_norm='flax'):
+    expected = jax.value_and_grad(loss)(params)
+  value, grads = jax.value_and_grad(loss)(params)
+  np.testing.assert_allclose(value, expected[0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads,
+               expected[1])
 
 
 FORMULATIONS = [{}, {'pool': 'flax'}, {'pooled_bias': False}, {'conv': 'lax'},

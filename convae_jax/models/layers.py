@@ -30,15 +30,19 @@ class Formulations:
     slower on XLA:CPU, kept for the ablation).
   deconv: 'matmul', a kernel-equals-stride transposed conv as one matrix product and
     depth-to-space; 'lax', lax.conv_transpose.
+  group_norm: 'fused', group norm and the activation after it as one reduction and one
+    elementwise pass each way, with a custom gradient (`GroupNorm`); 'flax', nn.GroupNorm
+    then the activation.
   """
   pool: str = 'views'
   pooled_bias: bool = True
   conv: str = 'auto'
   deconv: str = 'matmul'
+  group_norm: str = 'fused'
 
   def __post_init__(self):
     allowed = {'pool': ('views', 'flax'), 'conv': ('auto', 'tap_sum', 'lax', 'patch'),
-               'deconv': ('matmul', 'lax')}
+               'deconv': ('matmul', 'lax'), 'group_norm': ('fused', 'flax')}
     for field, values in allowed.items():
       if getattr(self, field) not in values:
         raise ValueError(f'layers.Formulations: {field}={getattr(self, field)!r}; allowed: '
@@ -279,6 +283,95 @@ class PatchConvTranspose(nn.Module):
                       kernel.transpose(2, 0, 1, 3).reshape(c, k * k * self.features))
     patches = patches.reshape(n, h, w, k, k, self.features).transpose(0, 1, 3, 2, 4, 5)
     return patches.reshape(n, h * k, w * k, self.features) + bias
+
+
+def _group_stats(x: jax.Array, num_groups: int, epsilon: float):
+  """Per (example, channel): the mean and 1/std of the channel's group, float32 [N, C]."""
+  n, c = x.shape[0], x.shape[-1]
+  spatial = tuple(range(1, x.ndim - 1))
+  x = x.astype(jnp.float32)
+  # One pass over x for both sums (XLA fuses them into one reduction).
+  sums = jnp.stack([jnp.sum(x, spatial), jnp.sum(x * x, spatial)])  # [2, N, C]
+  size = (x.size // (n * c)) * (c // num_groups)  # Values in one example's group.
+  group_sums = sums.reshape(2, n, num_groups, c // num_groups).sum(-1) / size
+  mean, mean_of_squares = group_sums[0], group_sums[1]
+  rstd = jax.lax.rsqrt(jnp.maximum(mean_of_squares - mean * mean, 0.0) + epsilon)
+  per_channel = lambda v: jnp.repeat(v, c // num_groups, axis=-1)
+  return per_channel(mean), per_channel(rstd)
+
+
+def _identity(x):
+  return x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _group_norm(x, scale, bias, num_groups, epsilon, activation):
+  mean, rstd = _group_stats(x, num_groups, epsilon)
+  a = rstd * scale.astype(jnp.float32)  # y = a * x + b, per (example, channel).
+  b = bias.astype(jnp.float32) - mean * a
+  expand = lambda v: v.reshape(v.shape[0], *(1,) * (x.ndim - 2), v.shape[-1])
+  return activation(x.astype(jnp.float32) * expand(a) + expand(b)).astype(x.dtype)
+
+
+def _group_norm_fwd(x, scale, bias, num_groups, epsilon, activation):
+  return _group_norm(x, scale, bias, num_groups, epsilon, activation), (x, scale, bias)
+
+
+def _group_norm_bwd(num_groups, epsilon, activation, residuals, grad):
+  # With xhat = (x - mean) * rstd and gy the gradient at the norm's output (before the
+  # activation): dx = rstd * (scale * gy - mean_g(scale * gy) - xhat * mean_g(scale * gy *
+  # xhat)), means over the group. Both means come from two per-channel sums over the pixels,
+  # of gy and gy * x, so the gradient is one reduction pass and one elementwise pass.
+  x, scale, bias = residuals
+  n, c = x.shape[0], x.shape[-1]
+  spatial = tuple(range(1, x.ndim - 1))
+  expand = lambda v: v.reshape(n, *(1,) * (x.ndim - 2), c)
+  mean, rstd = _group_stats(x, num_groups, epsilon)  # Recomputed: cheaper than stored.
+  gamma = scale.astype(jnp.float32)
+  a = rstd * gamma
+  xf = x.astype(jnp.float32)
+  norm_out = xf * expand(a) + expand(bias.astype(jnp.float32) - mean * a)
+  gy = jax.vjp(activation, norm_out)[1](grad.astype(jnp.float32))[0]
+  sums = jnp.stack([jnp.sum(gy, spatial), jnp.sum(gy * xf, spatial)])  # [2, N, C]
+  sum_gy, sum_gy_xhat = sums[0], rstd * (sums[1] - mean * sums[0])
+  size = (x.size // (n * c)) * (c // num_groups)
+  group_mean = lambda v: jnp.repeat(v.reshape(n, num_groups, -1).sum(-1) / size,
+                                    c // num_groups, axis=-1)
+  m1, m2 = group_mean(gamma * sum_gy), group_mean(gamma * sum_gy_xhat)
+  dx = (expand(a) * gy + expand(-rstd * rstd * m2) * xf +
+        expand(rstd * (rstd * mean * m2 - m1)))
+  return (dx.astype(x.dtype), sum_gy_xhat.sum(0).astype(scale.dtype),
+          sum_gy.sum(0).astype(bias.dtype))
+
+
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+class GroupNorm(nn.Module):
+  """`activation(nn.GroupNorm(num_groups, epsilon)(x))`: the same function and parameters
+  (scale, bias), over all axes but the first (examples) and the last (channels).
+
+  Formulation 'fused' (the default) computes it as one reduction pass and one elementwise
+  pass, forward and backward (a custom gradient): XLA:CPU runs nn.GroupNorm's grouped
+  reductions, and the autodiff of the activation after it, as many more passes.
+  Statistics are float32 whatever the input's precision.
+  """
+  num_groups: int
+  epsilon: float = 1e-6
+  activation: Callable | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.shape[-1] % self.num_groups:
+      raise ValueError(f'GroupNorm: {x.shape[-1]} channels do not split into '
+                       f'{self.num_groups} groups')
+    activation = self.activation or _identity
+    scale = self.param('scale', nn.initializers.ones_init(), (x.shape[-1],))
+    bias = self.param('bias', nn.initializers.zeros_init(), (x.shape[-1],))
+    if current_formulations().group_norm == 'flax':
+      reference = nn.GroupNorm(num_groups=self.num_groups, epsilon=self.epsilon)
+      return activation(reference.apply({'params': {'scale': scale, 'bias': bias}}, x))
+    return _group_norm(x, scale, bias, self.num_groups, self.epsilon, activation)
 
 
 def cast_floats(tree, dtype):

@@ -38,19 +38,22 @@ def conv(features: int, in_features: int, kernel_size: int, stride: int = 1,
 
 
 class Norm(nn.Module):
-  """'batch' (batch_stats collection), 'group', 'layer' (over channels, per pixel) or 'none'."""
+  """act(norm(x)), norm 'batch' (batch_stats collection), 'group', 'layer' (over channels,
+  per pixel) or 'none'."""
   kind: str
+  act: Callable
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.kind == 'batch':
       # PyTorch's 0.1 in Flax's convention: Flax's default 0.99 lags far behind in short runs.
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
-    if self.kind == 'group':
-      return nn.GroupNorm(num_groups=num_groups(x.shape[-1]))(x)
+      return self.act(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    if self.kind == 'group':  # Named as nn.GroupNorm was, so earlier checkpoints load.
+      return layers.GroupNorm(num_groups(x.shape[-1]), activation=self.act,
+                              name='GroupNorm_0')(x)
     if self.kind == 'layer':
-      return nn.LayerNorm()(x)
-    return x
+      return self.act(nn.LayerNorm()(x))
+    return self.act(x)
 
 
 class ResidualBlock(nn.Module):
@@ -61,8 +64,8 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     width = x.shape[-1]
-    h = conv(width, width, 3, name='conv1')(self.act(Norm(self.norm, name='norm1')(x, train)))
-    h = conv(width, width, 3, name='conv2')(self.act(Norm(self.norm, name='norm2')(h, train)))
+    h = conv(width, width, 3, name='conv1')(Norm(self.norm, self.act, name='norm1')(x, train))
+    h = conv(width, width, 3, name='conv2')(Norm(self.norm, self.act, name='norm2')(h, train))
     return x + h
 
 
@@ -81,7 +84,7 @@ class ResEncoder(nn.Module):
         x = ResidualBlock(self.norm, self.act, name=f'stage{i}_block{j}')(x, train)
       out = self.widths[min(i + 1, len(self.widths) - 1)]
       x = conv(out, width, 4, stride=2, name=f'down{i}')(x)
-    x = self.act(Norm(self.norm, name='norm_out')(x, train))
+    x = Norm(self.norm, self.act, name='norm_out')(x, train)
     return conv(self.latent_channels, x.shape[-1], 1, name='to_latent')(x)
 
 
@@ -103,7 +106,7 @@ class ResDecoder(nn.Module):
       x = conv(self.widths[i], x.shape[-1], 3, name=f'up{i}')(x)
       for j in range(self.blocks_per_stage):
         x = ResidualBlock(self.norm, self.act, name=f'stage{i}_block{j}')(x, train)
-    x = self.act(Norm(self.norm, name='norm_out')(x, train))
+    x = Norm(self.norm, self.act, name='norm_out')(x, train)
     return conv(self.out_channels, x.shape[-1], 3, name='to_image')(x)
 
 

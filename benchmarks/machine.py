@@ -1,0 +1,24 @@
+"""What a benchmark ran on and how, written into its JSON: figures compare only within one
+machine kind (docs/performance.md)."""
+import datetime
+import os
+import platform
+import sys
+
+from convae_jax import xla_cpu_flags
+
+
+def cpu_model(cpuinfo: str = xla_cpu_flags.CPUINFO) -> str:
+  try:
+    with open(cpuinfo, encoding='utf-8') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+  except OSError:
+    names = []
+  return names[0] if names else platform.processor() or platform.machine()
+
+
+def describe() -> dict:
+  """The machine (CPU model, AVX-512 or not, cores), the date and the command line."""
+  return {'cpu': cpu_model(), 'avx512': xla_cpu_flags.cpu_has_avx512(),
+          'cores': os.cpu_count(), 'date': datetime.date.today().isoformat(),
+          'command': ' '.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]])}

@@ -1,0 +1,86 @@
+"""The performance page's table, generated from benchmark JSON files (docs/performance.md).
+
+    python benchmarks/performance_table.py benchmarks/results/2026-12-02_zen4_*.json
+
+Reads what compare_torch.py, launch_run.py, torch_seed_train.py and train_step.py wrote (their
+`machine` entry included) and prints one markdown row per measurement. A launch_run.py row is
+set against the torch_seed_train.py file (PyTorch's whole run) and the train_step.py file for
+the same model among the files given.
+"""
+import argparse
+import json
+import os
+
+HEADER = ('| what is timed | model | JAX (this repo), images/s | PyTorch, best setting, '
+          'images/s | JAX / PyTorch | machine | command |\n|---|---|---|---|---|---|---|')
+
+
+def _machine(record: dict) -> str:
+  machine = record.get('machine', {})
+  kind = 'AVX-512' if machine.get('avx512') else 'AVX2, no AVX-512'
+  return f"{machine.get('cpu', '?')}, {kind}, {machine.get('cores', '?')} cores, {machine.get('date', '?')}"
+
+
+def _command(record: dict) -> str:
+  return f"`{record.get('machine', {}).get('command', '?')}`"
+
+
+def _model(record: dict) -> str:
+  widths = record.get('backbone', {}).get('widths')
+  return record['model'] + (f" (widths {','.join(map(str, widths))})" if widths else '')
+
+
+def rows(records: dict[str, dict]) -> list[str]:
+  by_kind = {'compare': [], 'launch': [], 'torch_run': [], 'step': []}
+  for name, record in records.items():
+    if 'torch_best' in record:
+      by_kind['compare'].append(record)
+    elif 'reports' in record:
+      by_kind['launch'].append(record)
+    elif 'train_images_per_sec' in record:
+      by_kind['torch_run'].append(record)
+    elif 'results' in record:
+      by_kind['step'].append(record)
+    else:
+      raise SystemExit(f'performance_table.py: {name} is not a benchmark result it knows')
+  out = []
+  for r in by_kind['compare']:
+    rates = r['images_per_sec']
+    best = r['torch_best']
+    out.append(f"| train step, {r['parameters']:,} parameters, batch {r['batch_size']}, "
+               f"{r['jax_micro_batches']} micro-batches; in one process, windows alternating, "
+               f"median of {r['windows']} | {_model(r)} | {rates['jax']:,.0f} | "
+               f"{rates[best]:,.0f} ({best.removeprefix('torch_')}) | "
+               f"**{r['ratio_jax_over_torch_best']:.2f}** | {_machine(r)} | {_command(r)} |")
+  torch_run = by_kind['torch_run'][0] if by_kind['torch_run'] else None
+  steps = {row['model']: row['images_per_sec'] for s in by_kind['step'] for row in s['results']}
+  for r in by_kind['launch']:
+    theirs = torch_run['train_images_per_sec'] if torch_run else None
+    step = steps.get('cae')
+    against_step = f'; {r["images_per_sec"] / step:.2f}x of our step alone ({step:,.0f})' if (
+        step) else ''
+    out.append(f"| whole `launch.py` run, {r['num_train_steps']:,} steps of {r['batch_size']} "
+               f"(median of its progress reports{against_step}) | cae | "
+               f"{r['images_per_sec']:,.0f} | "
+               + (f"{theirs:,.0f} (`torch_seed_train.py`, channels-last, {torch_run['epochs']} "
+                  f"epochs) | **{r['images_per_sec'] / theirs:.2f}** |" if theirs else
+                  'not measured | |')
+               + f" {_machine(r)} | {_command(r)}"
+               + (f"; {_command(torch_run)}" if torch_run else '') + ' |')
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('files', nargs='+')
+  args = parser.parse_args()
+  records = {}
+  for path in args.files:
+    with open(path, encoding='utf-8') as f:
+      records[os.path.basename(path)] = json.load(f)
+  print(HEADER)
+  print('\n'.join(rows(records)))
+
+
+if __name__ == '__main__':
+  main()
