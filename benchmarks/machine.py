@@ -5,6 +5,8 @@ import os
 import platform
 import sys
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 from convae_jax import xla_cpu_flags
 
 
@@ -18,7 +20,9 @@ def cpu_model(cpuinfo: str = xla_cpu_flags.CPUINFO) -> str:
 
 
 def describe() -> dict:
-  """The machine (CPU model, AVX-512 or not, cores), the date and the command line."""
+  """The machine (CPU model, AVX-512 or not, cores), the date and the command line (the
+  script's path from the repository root)."""
   return {'cpu': cpu_model(), 'avx512': xla_cpu_flags.cpu_has_avx512(),
           'cores': os.cpu_count(), 'date': datetime.date.today().isoformat(),
-          'command': ' '.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]])}
+          'command': ' '.join(['python', os.path.relpath(os.path.abspath(sys.argv[0]), REPO),
+                               *sys.argv[1:]])}
