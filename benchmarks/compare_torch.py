@@ -1,4 +1,4 @@
-"""A model's train step, this repo's JAX version against the same network in PyTorch, in one process.
+"""A model's train step, ours (JAX) against the same network in PyTorch, in one process.
 
     python benchmarks/compare_torch.py --batch_size 128 --output compare.json
     python benchmarks/compare_torch.py --model resae --widths 32,64 --output compare.json

@@ -18,7 +18,8 @@ HEADER = ('| what is timed | model | JAX (this repo), images/s | PyTorch, best s
 def _machine(record: dict) -> str:
   machine = record.get('machine', {})
   kind = 'AVX-512' if machine.get('avx512') else 'AVX2, no AVX-512'
-  return f"{machine.get('cpu', '?')}, {kind}, {machine.get('cores', '?')} cores, {machine.get('date', '?')}"
+  return (f"{machine.get('cpu', '?')}, {kind}, {machine.get('cores', '?')} cores, "
+          f"{machine.get('date', '?')}")
 
 
 def _command(record: dict) -> str:

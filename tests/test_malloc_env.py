@@ -79,8 +79,8 @@ print(hashlib.sha256(b''.join(np.asarray(x).tobytes() for x in leaves)).hexdiges
 
 
 def _steps_digest(malloc_settings: bool, offset: int) -> str:
-  env = {k: v for k, v in os.environ.items()
-         if k not in malloc_env.SETTINGS and k not in ('XLA_FLAGS', 'JAX_DISABLE_MOST_OPTIMIZATIONS')}
+  dropped = (*malloc_env.SETTINGS, 'XLA_FLAGS', 'JAX_DISABLE_MOST_OPTIMIZATIONS')
+  env = {k: v for k, v in os.environ.items() if k not in dropped}
   env[malloc_env.SWITCH] = '0'
   if malloc_settings:
     env.update(malloc_env.SETTINGS)

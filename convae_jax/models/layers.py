@@ -285,15 +285,25 @@ class PatchConvTranspose(nn.Module):
     return patches.reshape(n, h * k, w * k, self.features) + bias
 
 
+def _group_size(x: jax.Array, num_groups: int) -> int:
+  """How many values one example's group holds."""
+  return (x.size // (x.shape[0] * x.shape[-1])) * (x.shape[-1] // num_groups)
+
+
+def _per_pixel(v: jax.Array, x: jax.Array) -> jax.Array:
+  """A per (example, channel) value [N, C], shaped to broadcast against x [N, ..., C]."""
+  return v.reshape(x.shape[0], *(1,) * (x.ndim - 2), x.shape[-1])
+
+
 def _group_stats(x: jax.Array, num_groups: int, epsilon: float):
   """Per (example, channel): the mean and 1/std of the channel's group, float32 [N, C]."""
   n, c = x.shape[0], x.shape[-1]
   spatial = tuple(range(1, x.ndim - 1))
-  x = x.astype(jnp.float32)
+  xf = x.astype(jnp.float32)
   # One pass over x for both sums (XLA fuses them into one reduction).
-  sums = jnp.stack([jnp.sum(x, spatial), jnp.sum(x * x, spatial)])  # [2, N, C]
-  size = (x.size // (n * c)) * (c // num_groups)  # Values in one example's group.
-  group_sums = sums.reshape(2, n, num_groups, c // num_groups).sum(-1) / size
+  sums = jnp.stack([jnp.sum(xf, spatial), jnp.sum(xf * xf, spatial)])  # [2, N, C]
+  group_sums = sums.reshape(2, n, num_groups, c // num_groups).sum(-1) / _group_size(
+      x, num_groups)
   mean, mean_of_squares = group_sums[0], group_sums[1]
   rstd = jax.lax.rsqrt(jnp.maximum(mean_of_squares - mean * mean, 0.0) + epsilon)
   per_channel = lambda v: jnp.repeat(v, c // num_groups, axis=-1)
@@ -309,8 +319,7 @@ def _group_norm(x, scale, bias, num_groups, epsilon, activation):
   mean, rstd = _group_stats(x, num_groups, epsilon)
   a = rstd * scale.astype(jnp.float32)  # y = a * x + b, per (example, channel).
   b = bias.astype(jnp.float32) - mean * a
-  expand = lambda v: v.reshape(v.shape[0], *(1,) * (x.ndim - 2), v.shape[-1])
-  return activation(x.astype(jnp.float32) * expand(a) + expand(b)).astype(x.dtype)
+  return activation(x.astype(jnp.float32) * _per_pixel(a, x) + _per_pixel(b, x)).astype(x.dtype)
 
 
 def _group_norm_fwd(x, scale, bias, num_groups, epsilon, activation):
@@ -325,7 +334,7 @@ def _group_norm_bwd(num_groups, epsilon, activation, residuals, grad):
   x, scale, bias = residuals
   n, c = x.shape[0], x.shape[-1]
   spatial = tuple(range(1, x.ndim - 1))
-  expand = lambda v: v.reshape(n, *(1,) * (x.ndim - 2), c)
+  expand = lambda v: _per_pixel(v, x)
   mean, rstd = _group_stats(x, num_groups, epsilon)  # Recomputed: cheaper than stored.
   gamma = scale.astype(jnp.float32)
   a = rstd * gamma
@@ -334,7 +343,7 @@ def _group_norm_bwd(num_groups, epsilon, activation, residuals, grad):
   gy = jax.vjp(activation, norm_out)[1](grad.astype(jnp.float32))[0]
   sums = jnp.stack([jnp.sum(gy, spatial), jnp.sum(gy * xf, spatial)])  # [2, N, C]
   sum_gy, sum_gy_xhat = sums[0], rstd * (sums[1] - mean * sums[0])
-  size = (x.size // (n * c)) * (c // num_groups)
+  size = _group_size(x, num_groups)
   group_mean = lambda v: jnp.repeat(v.reshape(n, num_groups, -1).sum(-1) / size,
                                     c // num_groups, axis=-1)
   m1, m2 = group_mean(gamma * sum_gy), group_mean(gamma * sum_gy_xhat)
