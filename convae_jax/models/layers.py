@@ -285,29 +285,37 @@ class PatchConvTranspose(nn.Module):
     return patches.reshape(n, h * k, w * k, self.features) + bias
 
 
-def _group_size(x: jax.Array, num_groups: int) -> int:
-  """How many values one example's group holds."""
-  return (x.size // (x.shape[0] * x.shape[-1])) * (x.shape[-1] // num_groups)
-
-
 def _per_pixel(v: jax.Array, x: jax.Array) -> jax.Array:
   """A per (example, channel) value [N, C], shaped to broadcast against x [N, ..., C]."""
   return v.reshape(x.shape[0], *(1,) * (x.ndim - 2), x.shape[-1])
 
 
-def _group_stats(x: jax.Array, num_groups: int, epsilon: float):
-  """Per (example, channel): the mean and 1/std of the channel's group, float32 [N, C]."""
+def _channel_sums(u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per (example, channel): the sums over the pixels of u and of u * v, in one pass (XLA
+  fuses the two into one reduction)."""
+  spatial = tuple(range(1, u.ndim - 1))
+  sums = jnp.stack([jnp.sum(u, spatial), jnp.sum(u * v, spatial)])
+  return sums[0], sums[1]
+
+
+def _group_means(sums: jax.Array, x: jax.Array, num_groups: int) -> jax.Array:
+  """Per-channel sums over the pixels [N, C] -> the mean over each channel's group, per
+  channel [N, C]."""
   n, c = x.shape[0], x.shape[-1]
-  spatial = tuple(range(1, x.ndim - 1))
+  size = (x.size // (n * c)) * (c // num_groups)  # Values in one example's group.
+  return jnp.repeat(sums.reshape(n, num_groups, -1).sum(-1) / size, c // num_groups, axis=-1)
+
+
+def _normalized(x, scale, bias, num_groups, epsilon):
+  """(x as float32, its group's 1/std, per-pixel scale a, group norm's output a * x + b)."""
   xf = x.astype(jnp.float32)
-  # One pass over x for both sums (XLA fuses them into one reduction).
-  sums = jnp.stack([jnp.sum(xf, spatial), jnp.sum(xf * xf, spatial)])  # [2, N, C]
-  group_sums = sums.reshape(2, n, num_groups, c // num_groups).sum(-1) / _group_size(
-      x, num_groups)
-  mean, mean_of_squares = group_sums[0], group_sums[1]
-  rstd = jax.lax.rsqrt(jnp.maximum(mean_of_squares - mean * mean, 0.0) + epsilon)
-  per_channel = lambda v: jnp.repeat(v, c // num_groups, axis=-1)
-  return per_channel(mean), per_channel(rstd)
+  sum_x, sum_x2 = _channel_sums(xf, xf)
+  mean = _group_means(sum_x, x, num_groups)
+  variance = jnp.maximum(_group_means(sum_x2, x, num_groups) - mean * mean, 0.0)
+  rstd = jax.lax.rsqrt(variance + epsilon)
+  a = rstd * scale.astype(jnp.float32)
+  b = bias.astype(jnp.float32) - mean * a
+  return xf, mean, rstd, a, xf * _per_pixel(a, x) + _per_pixel(b, x)
 
 
 def _identity(x):
@@ -316,10 +324,7 @@ def _identity(x):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _group_norm(x, scale, bias, num_groups, epsilon, activation):
-  mean, rstd = _group_stats(x, num_groups, epsilon)
-  a = rstd * scale.astype(jnp.float32)  # y = a * x + b, per (example, channel).
-  b = bias.astype(jnp.float32) - mean * a
-  return activation(x.astype(jnp.float32) * _per_pixel(a, x) + _per_pixel(b, x)).astype(x.dtype)
+  return activation(_normalized(x, scale, bias, num_groups, epsilon)[-1]).astype(x.dtype)
 
 
 def _group_norm_fwd(x, scale, bias, num_groups, epsilon, activation):
@@ -332,23 +337,16 @@ def _group_norm_bwd(num_groups, epsilon, activation, residuals, grad):
   # xhat)), means over the group. Both means come from two per-channel sums over the pixels,
   # of gy and gy * x, so the gradient is one reduction pass and one elementwise pass.
   x, scale, bias = residuals
-  n, c = x.shape[0], x.shape[-1]
-  spatial = tuple(range(1, x.ndim - 1))
-  expand = lambda v: _per_pixel(v, x)
-  mean, rstd = _group_stats(x, num_groups, epsilon)  # Recomputed: cheaper than stored.
-  gamma = scale.astype(jnp.float32)
-  a = rstd * gamma
-  xf = x.astype(jnp.float32)
-  norm_out = xf * expand(a) + expand(bias.astype(jnp.float32) - mean * a)
+  # The forward pass recomputed: cheaper than storing its statistics and output.
+  xf, mean, rstd, a, norm_out = _normalized(x, scale, bias, num_groups, epsilon)
   gy = jax.vjp(activation, norm_out)[1](grad.astype(jnp.float32))[0]
-  sums = jnp.stack([jnp.sum(gy, spatial), jnp.sum(gy * xf, spatial)])  # [2, N, C]
-  sum_gy, sum_gy_xhat = sums[0], rstd * (sums[1] - mean * sums[0])
-  size = _group_size(x, num_groups)
-  group_mean = lambda v: jnp.repeat(v.reshape(n, num_groups, -1).sum(-1) / size,
-                                    c // num_groups, axis=-1)
-  m1, m2 = group_mean(gamma * sum_gy), group_mean(gamma * sum_gy_xhat)
-  dx = (expand(a) * gy + expand(-rstd * rstd * m2) * xf +
-        expand(rstd * (rstd * mean * m2 - m1)))
+  sum_gy, sum_gy_x = _channel_sums(gy, xf)
+  sum_gy_xhat = rstd * (sum_gy_x - mean * sum_gy)
+  gamma = scale.astype(jnp.float32)
+  m1 = _group_means(gamma * sum_gy, x, num_groups)
+  m2 = _group_means(gamma * sum_gy_xhat, x, num_groups)
+  dx = (_per_pixel(a, x) * gy + _per_pixel(-rstd * rstd * m2, x) * xf +
+        _per_pixel(rstd * (rstd * mean * m2 - m1), x))
   return (dx.astype(x.dtype), sum_gy_xhat.sum(0).astype(scale.dtype),
           sum_gy.sum(0).astype(bias.dtype))
 
