@@ -12,7 +12,10 @@ import json
 import os
 
 HEADER = ('| what is timed | model | JAX (this repo), images/s | PyTorch, best setting, '
-          'images/s | JAX / PyTorch | machine | command |\n|---|---|---|---|---|---|---|')
+          'images/s | JAX / PyTorch | data | machine | command |\n'
+          '|---|---|---|---|---|---|---|---|')
+RANDOM = 'random images, made by the script'
+CIFAR10 = 'CIFAR-10 (JPEG copy, imported with convae_jax.datasets.import_cifar10)'
 
 
 def _machine(record: dict) -> str:
@@ -52,7 +55,8 @@ def rows(records: dict[str, dict]) -> list[str]:
                f"{r['jax_micro_batches']} micro-batches; in one process, windows alternating, "
                f"median of {r['windows']} | {_model(r)} | {rates['jax']:,.0f} | "
                f"{rates[best]:,.0f} ({best.removeprefix('torch_')}) | "
-               f"**{r['ratio_jax_over_torch_best']:.2f}** | {_machine(r)} | {_command(r)} |")
+               f"**{r['ratio_jax_over_torch_best']:.2f}** | {RANDOM} | {_machine(r)} | "
+               f"{_command(r)} |")
   torch_run = by_kind['torch_run'][0] if by_kind['torch_run'] else None
   steps = {row['model']: row['images_per_sec'] for s in by_kind['step'] for row in s['results']}
   for r in by_kind['launch']:
@@ -66,7 +70,7 @@ def rows(records: dict[str, dict]) -> list[str]:
                + (f"{theirs:,.0f} (`torch_seed_train.py`, channels-last, {torch_run['epochs']} "
                   f"epochs) | **{r['images_per_sec'] / theirs:.2f}** |" if theirs else
                   'not measured | |')
-               + f" {_machine(r)} | {_command(r)}"
+               + f" {CIFAR10} | {_machine(r)} | {_command(r)}"
                + (f"; {_command(torch_run)}" if torch_run else '') + ' |')
   return out
 

@@ -1,0 +1,89 @@
+"""A preset's train step under several layer formulations, A/B in one process.
+
+    python benchmarks/formulations.py --model resae --variant fused: --variant flax:group_norm=flax
+    python benchmarks/formulations.py --model resae --widths 32,64 --variant fused: \
+        --variant flax:group_norm=flax
+
+Each `--variant NAME:FIELD=VALUE,...` sets fields of layers.Formulations (none: the defaults).
+Every variant is compiled ahead of time under its formulations (pmap traces again on a later
+call, so a step merely called under them would measure the defaults), then windows alternate
+between the variants so that machine noise hits all of them; prints and writes the median
+window of each. Random uint8 images; the trainer's defaults otherwise, as launch.py runs them.
+"""
+import argparse
+import json
+import statistics
+import time
+
+from convae_jax import malloc_env, xla_cpu_flags
+
+if __name__ == '__main__':
+  malloc_env.ensure()  # As launch.py does.
+  xla_cpu_flags.apply()
+
+import jax  # pylint: disable=wrong-import-position
+
+import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
+import train_step  # pylint: disable=wrong-import-position
+from convae_jax.models import layers  # pylint: disable=wrong-import-position
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  name, _, fields = text.partition(':')
+  changes = {}
+  for field in filter(None, fields.split(',')):
+    key, _, value = field.partition('=')
+    changes[key] = {'True': True, 'False': False}.get(value, value)
+  return name, changes
+
+
+def compiled_step(model: str, batch_size: int, backbone: dict, changes: dict):
+  with layers.formulations(**changes):
+    step, state, batch, micro_batches = train_step.make_step(
+        model, batch_size, jax.local_devices(), backbone=backbone)
+    rng = jax.random.key(1)
+    compiled = step.lower(state, batch, rng).compile()
+  holder = {'state': state}
+
+  def run(n):
+    out = None
+    for _ in range(n):
+      holder['state'], out = compiled(holder['state'], batch, rng)
+    jax.block_until_ready(out)
+
+  return run, micro_batches
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', default='resae')
+  parser.add_argument('--widths', default='', help='the backbone\'s widths, e.g. 32,64')
+  parser.add_argument('--variant', action='append', required=True)
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--steps', type=int, default=8)
+  parser.add_argument('--windows', type=int, default=9)
+  parser.add_argument('--output', default='formulations.json')
+  args = parser.parse_args()
+  backbone = {'widths': tuple(map(int, args.widths.split(',')))} if args.widths else {}
+  runs, micro_batches = {}, None
+  for name, changes in map(parse_variant, args.variant):
+    runs[name], micro_batches = compiled_step(args.model, args.batch_size, backbone, changes)
+    runs[name](3)  # Warm up.
+  seconds = {name: [] for name in runs}
+  for _ in range(args.windows):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run(args.steps)
+      seconds[name].append(time.perf_counter() - start)
+  rates = {name: round(args.steps * args.batch_size / statistics.median(s), 1)
+           for name, s in seconds.items()}
+  for name in runs:
+    print(f'{name:>16} {rates[name]:>10} images/s')
+  with open(args.output, 'w', encoding='utf-8') as f:
+    json.dump({'model': args.model, 'backbone': backbone, 'variants': args.variant,
+               'images_per_sec': rates, 'micro_batches': micro_batches,
+               'machine': machine.describe()}, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
