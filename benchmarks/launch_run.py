@@ -6,7 +6,8 @@ Starts `python launch.py --config CONFIG` in a fresh workdir (data, logging, che
 evaluations included, at the config's intervals unless overridden by --extra flags) and reads
 back the `steps_per_sec` the run reported every `log_every_steps`. The first report holds
 compilation and is dropped; the median of the rest gives training images/s. Also: the wall
-time of the whole command and its peak resident memory (ru_maxrss of the child).
+time of the whole command, its peak resident memory (ru_maxrss of the child) and its last
+evaluation's figures.
 """
 import argparse
 import json
@@ -48,7 +49,9 @@ def main():
   wall_s = time.perf_counter() - start
   peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    rates = [line['steps_per_sec'] for line in map(json.loads, f) if 'steps_per_sec' in line]
+    lines = [json.loads(line) for line in f]
+  rates = [line['steps_per_sec'] for line in lines if 'steps_per_sec' in line]
+  evals = [line for line in lines if any(k.startswith('eval/') for k in line)]
   shutil.rmtree(workdir)
   if len(rates) < 2:
     sys.exit('error: fewer than 2 progress reports; raise --num_train_steps')
@@ -58,6 +61,7 @@ def main():
             'images_per_sec': round(statistics.median(rates[1:]) * args.batch_size, 1),
             'reports': [round(r * args.batch_size, 1) for r in rates],
             'wall_s': round(wall_s, 1), 'peak_rss_mib': round(peak_mib),
+            'final_eval': evals[-1] if evals else None,
             'machine': machine.describe()}
   print(f'launch.py {args.config}, {args.num_train_steps} steps of {args.batch_size}: '
         f'{result["images_per_sec"]} images/s training, {result["wall_s"]} s wall, '

@@ -120,6 +120,14 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
       ('ema_decay', 'lie in [0, 1) (0 = off; e.g. 0.999)', lambda v: 0 <= v < 1)):
     if not ok(config[key]):
       raise ConfigError(f'config.{key}={config[key]!r}: must {rule}')
+  if config.input_mode not in trainer_config.INPUT_MODES:
+    raise ConfigError(f'config.input_mode={config.input_mode!r}: must be one of '
+                      f'{", ".join(trainer_config.INPUT_MODES)}')
+  for key in ('in_memory_limit_mb', 'shuffle_buffer'):
+    _check_positive(config, key)
+  if config.image_size is not None and config.image_size < 1:
+    raise ConfigError(f'config.image_size={config.image_size}: must be a positive number of '
+                      'pixels, or None to keep the dataset\'s size')
   if config.on_non_finite not in trainer_config.ON_NON_FINITE:
     raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
                       f'{", ".join(trainer_config.ON_NON_FINITE)}')

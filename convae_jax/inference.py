@@ -57,8 +57,10 @@ def read_config(path: str) -> ml_collections.ConfigDict:
 
 
 def _training_image_size(config: ml_collections.ConfigDict, factor: int) -> tuple[int, int]:
-  """The training images' height and width (TFDS metadata; 32x32 when it does not say),
-  rounded up to a multiple of `factor`: the default size of `sample`."""
+  """The training images' height and width (config.image_size, else TFDS metadata; 32x32
+  when it does not say), rounded up to a multiple of `factor`: the default size of `sample`."""
+  if config.get('image_size'):
+    return (-(-config.image_size // factor) * factor,) * 2
   height = width = 32
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TensorFlow)
@@ -335,7 +337,8 @@ class TrainedModel:
       paths.check_dir(data_dir, 'data_dir', writable=False)
     if batch_size is not None and batch_size < 1:
       raise UsageError(f'batch_size={batch_size}: must be 1 or more')
-    data = input_pipeline.load_split(dataset, split, data_dir)
+    # Resized and cropped as in training, when the run set config.image_size.
+    data = input_pipeline.load_split(dataset, split, data_dir, self.config.get('image_size'))
     image_shape = data.images.shape[1:]
     if image_shape[0] % self.factor or image_shape[1] % self.factor:
       raise UsageError(f'{dataset}:{split} images of {image_shape[0]}x{image_shape[1]} do not '

@@ -1,7 +1,7 @@
-"""TFDS -> tf.data -> device batches.
+"""TFDS -> tf.data -> device batches: preparing a dataset, and the in-memory input mode.
 
-The datasets here are small (CIFAR-10 is 150 MB of uint8), so each split is decoded once
-into host memory. Batches stay uint8; the train and eval steps normalize them on the device.
+In this mode (for small datasets: CIFAR-10 is 150 MB of uint8) each split is decoded once
+into host memory; streaming.py reads datasets larger than memory. Batches stay uint8; the train and eval steps normalize them on the device.
 Training order is a function of (seed, step) alone: each epoch is a stateless shuffle of the
 indices keyed by (seed, epoch), so a run resumed at step N reads exactly the batches an
 unstopped run would, without replaying the stream.
@@ -39,6 +39,10 @@ class DatasetUnavailableError(errors.UserError):
 
 class SplitError(errors.UserError):
   """A split the dataset does not have, or one that holds no examples."""
+
+
+class ImageSizeError(errors.UserError):
+  """Images of varied sizes, and no config.image_size to make them one."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,15 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
     raise DatasetUnavailableError(f'{help_text} ({type(e).__name__}: {e})') from e
 
 
+def prepared_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The dataset's TFDS builder, prepared first if it is not (DatasetUnavailableError if it
+  cannot be)."""
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  if not builder.is_prepared():
+    _prepare(builder)
+  return builder
+
+
 def _is_mocked(builder: tfds.core.DatasetBuilder) -> bool:
   return type(builder).download_and_prepare.__name__ == 'mock_download_and_prepare'
 
@@ -95,11 +108,15 @@ def _is_mocked(builder: tfds.core.DatasetBuilder) -> bool:
 class DatasetInfo:
   """What TFDS's metadata says of a prepared dataset, before any image is read.
 
-  Either may be None where the metadata does not say (a dataset of varied image sizes;
-  tfds.testing.mock_data, which has no split metadata).
+  `image_shape` is (H, W, C) as the model sees the images (after config.image_size).
+  A split's size is None where the metadata does not say (tfds.testing.mock_data).
   """
-  image_shape: tuple[int, int, int] | None
+  image_shape: tuple[int, int, int]
   num_examples: dict[str, int | None]
+
+  @property
+  def channels(self) -> int:
+    return self.image_shape[-1]
 
 
 def _split_size(builder: tfds.core.DatasetBuilder, split: str, what: str) -> int | None:
@@ -121,42 +138,66 @@ def _split_size(builder: tfds.core.DatasetBuilder, split: str, what: str) -> int
   return size
 
 
-def describe(dataset: str, data_dir: str | None, splits: dict[str, str]) -> DatasetInfo:
+def describe(dataset: str, data_dir: str | None, splits: dict[str, str],
+             image_size: int | None = None) -> DatasetInfo:
   """Prepares `dataset` if needed and checks `splits` ({setting name: split}); reads no images.
 
   Raises DatasetUnavailableError when the dataset cannot be had, SplitError for a split it
-  does not have or that is empty.
+  does not have or that is empty, ImageSizeError for images of varied sizes without
+  `image_size`.
   """
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if not builder.is_prepared():
-    _prepare(builder)
+  builder = prepared_builder(dataset, data_dir)
   num_examples = {split: _split_size(builder, split, what) for what, split in splits.items()}
-  shape = tuple(builder.info.features['image'].shape)
-  return DatasetInfo(image_shape=shape if None not in shape else None,
-                     num_examples=num_examples)
+  height, width, channels = builder.info.features['image'].shape
+  if image_size is not None:
+    height = width = image_size
+  elif height is None or width is None:
+    raise ImageSizeError(f'dataset {dataset!r} has images of varied sizes; set '
+                         '--config.image_size=N to resize and centre-crop them to NxN')
+  return DatasetInfo(image_shape=(height, width, channels), num_examples=num_examples)
 
 
-def load_split(dataset: str, split: str, data_dir: str | None) -> Split:
-  """Reads a whole TFDS split into memory as uint8 images (preparing the dataset if needed).
+def resized_and_cropped(image: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 [H, W, C] -> uint8 [size, size, C]: the shorter side resized to `size`
+  (antialiased, so downscaling does not alias), then the centre square cropped."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  scale = size / tf.cast(tf.minimum(height, width), tf.float32)
+  new_height = tf.maximum(size, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
+  new_width = tf.maximum(size, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
+  resized = tf.image.resize(image, (new_height, new_width), antialias=True)
+  top, left = (new_height - size) // 2, (new_width - size) // 2
+  cropped = resized[top:top + size, left:left + size]
+  return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+
+
+def as_model_shape(image_size: int | None):
+  """The per-image map from a decoded TFDS image to the model's shape (see describe)."""
+  if image_size is None:
+    return lambda image: image
+  return lambda image: resized_and_cropped(image, image_size)
+
+
+def load_split(dataset: str, split: str, data_dir: str | None,
+               image_size: int | None = None) -> Split:
+  """Reads a whole TFDS split into memory as uint8 images (preparing the dataset if needed),
+  resized and cropped to `image_size` when given.
 
   Every process of a multi-process run reads the whole split: it is small, and the global
   order of the examples (hence each process's rows) then does not depend on how many
   processes there are.
   """
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if not builder.is_prepared():
-    _prepare(builder)
+  builder = prepared_builder(dataset, data_dir)
   _split_size(builder, split, 'split')
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  chunks = [c['image'] for c in tfds.as_numpy(
-      ds.batch(10_000).with_options(_untuned_options()).prefetch(1))]
+  ds = ds.map(lambda example: as_model_shape(image_size)(example['image']))
+  chunks = list(tfds.as_numpy(ds.batch(10_000).with_options(untuned_options()).prefetch(1)))
   if not chunks:
     raise SplitError(f'split {split!r} of dataset {dataset!r} is empty; '
                      'choose another split with --config.train_split / --config.eval_split')
   return Split(images=np.concatenate(chunks))
 
 
-def _untuned_options() -> tf.data.Options:
+def untuned_options() -> tf.data.Options:
   """No autotuning: its model thread sleeps between rounds (the rounds grow to a minute
   apart), and an iterator's destructor waits for it, so runs sat idle at exit. Reading and
   gathering uint8 rows needs no tuning: one thread and a few batches ahead keep up."""
@@ -197,7 +238,7 @@ def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_order)
   ds = ds.skip(offset).batch(global_batch_size, drop_remainder=True)
   ds = ds.map(gather, num_parallel_calls=1, deterministic=True)
-  options = _untuned_options()
+  options = untuned_options()
   options.threading.private_threadpool_size = 1  # Leave the CPU cores to XLA.
   ds = ds.with_options(options).prefetch(PREFETCH_BATCHES)
   return ds.as_numpy_iterator()

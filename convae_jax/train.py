@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from convae_jax import (checkpointing, config_checks, distributed, errors, image_grid,
+from convae_jax import (checkpointing, config_checks, data, distributed, errors, image_grid,
                         input_pipeline, malloc_env, paths, pixels, preemption, steps,
                         workdir as workdir_lib, writers)
 
@@ -42,7 +42,20 @@ def _check_image_shape(model, image_shape) -> None:
   if image_shape[0] % factor or image_shape[1] % factor:
     raise config_checks.ConfigError(
         f'images of {image_shape[0]}x{image_shape[1]} do not divide by {factor}, the '
-        'downsampling factor of config.model; use a model with fewer downsamplings')
+        'downsampling factor of config.model; set --config.image_size to a multiple of '
+        f'{factor} (resize and crop), or use a model with fewer downsamplings')
+
+
+def _built_for_channels(config, model, channels: int):
+  """(config, model) with the model taking and giving the dataset's channel count (a
+  grayscale dataset gets a grayscale model); the saved config records it."""
+  if model.image_channels == channels:
+    return config, model
+  logging.info('config.model.image_channels=%d set to the dataset\'s %d channels',
+               model.image_channels, channels)
+  config = config.copy_and_resolve_references()
+  config.model.image_channels = channels
+  return config, config_checks.check(config, jax.device_count(), jax.process_count())
 
 
 def _unreplicate_to_host(tree):
@@ -67,12 +80,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   # Process 0 prepares a missing dataset first, so processes never build it side by side.
   info = distributed.process_0_first(lambda: input_pipeline.describe(
       config.dataset, config.data_dir,
-      {'config.train_split': config.train_split, 'config.eval_split': config.eval_split}),
-      errors.UserError)
-  if info.image_shape is not None:
-    _check_image_shape(model, info.image_shape)
+      {'config.train_split': config.train_split, 'config.eval_split': config.eval_split},
+      config.image_size), errors.UserError)
+  config, model = _built_for_channels(config, model, info.channels)
+  _check_image_shape(model, info.image_shape)
   if info.num_examples[config.train_split] is not None:  # Else checked once the data is read.
     _check_warmup(config, _num_train_steps(config, info.num_examples[config.train_split]))
+  input_mode, why = data.choose_mode(config, info)
+  logging.info('Input mode: %s (%s)', input_mode, why)
   logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS', '(none)'))
   logging.info('glibc malloc settings: %s', malloc_env.describe())
   if config.micro_batches > 1 and jax.default_backend() != 'cpu':
@@ -90,21 +105,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     with distributed.same_outcome(workdir_lib.WorkdirBusyError):
       if jax.process_index() == 0:
         stack.enter_context(workdir_lib.WorkdirLock(workdir))
-    return _train_locked(config, workdir, model, info)
+    return _train_locked(config, workdir, model, info, input_mode)
 
 
-def _train_locked(config, workdir: str, model,
-                  info: input_pipeline.DatasetInfo) -> steps.TrainState:
+def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
+                  input_mode: str) -> steps.TrainState:
   devices = jax.local_devices()
   input_range = tuple(config.input_range)
-  splits = None
+  open_source = lambda: data.open_source(config, input_mode, info, len(devices),
+                                         jax.process_index(), jax.process_count())
+  source = None
   image_shape = info.image_shape
   num_train_examples = info.num_examples[config.train_split]
-  if image_shape is None or num_train_examples is None:  # The metadata does not say: read.
-    splits = _load_splits(config)
-    image_shape = splits[0].images.shape[1:]
-    num_train_examples = splits[0].num_examples
-    _check_image_shape(model, image_shape)
+  if num_train_examples is None:  # The metadata does not say: read.
+    source = open_source()
+    num_train_examples = source.num_train_examples
     _check_warmup(config, _num_train_steps(config, num_train_examples))
   num_train_steps = _num_train_steps(config, num_train_examples)
 
@@ -124,12 +139,11 @@ def _train_locked(config, workdir: str, model,
                  workdir, start_step, num_train_steps, _last_eval_line(workdir))
     return state
 
-  if splits is None:
-    splits = _load_splits(config)
-  train_split, eval_split = splits
+  if source is None:
+    source = open_source()
   logging.info('%d train / %d eval images of shape %s; %d steps of %d on %d %s devices',
-               train_split.num_examples, eval_split.num_examples, image_shape, num_train_steps,
-               config.batch_size, jax.device_count(), jax.default_backend())
+               source.num_train_examples, source.num_eval_examples, image_shape,
+               num_train_steps, config.batch_size, jax.device_count(), jax.default_backend())
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
@@ -142,15 +156,12 @@ def _train_locked(config, workdir: str, model,
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)
                           for i, s in enumerate(model.rng_streams)},
       method=lambda m, x: (m(x, train=False).reconstruction, m.pictures(x))))
-  grid_indices = np.sort(np.random.default_rng(config.seed).choice(
-      eval_split.num_examples, min(config.num_grid_images, eval_split.num_examples),
-      replace=False))
+  grid_images = (source.grid_images(config.num_grid_images) if config.num_grid_images and
+                 jax.process_index() == 0 else np.zeros((0,) + tuple(image_shape), np.uint8))
   last_eval = {}
 
   def evaluate(step: int, state) -> None:
-    batches = lambda: input_pipeline.eval_batches(
-        eval_split, global_batch_size=config.eval_batch_size, num_local_devices=len(devices),
-        process_index=jax.process_index(), process_count=jax.process_count())
+    batches = source.eval_batches
     # With EMA, eval/ is of the EMA weights (what inference loads) and eval_raw/ of the raw.
     with_ema = isinstance(state, steps.EmaTrainState)
     evaluated = p_ema_weights(state) if with_ema else state
@@ -166,7 +177,7 @@ def _train_locked(config, workdir: str, model,
     grids = {}
     if code_counts is not None:  # Each code's use over the whole eval split.
       grids['code_usage'] = image_grid.bar_chart(code_counts)
-    if len(grid_indices):
+    if len(grid_images):
       grids.update(reconstruction_grids(evaluated))
     writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
     for name, grid in grids.items():
@@ -175,8 +186,7 @@ def _train_locked(config, workdir: str, model,
   def reconstruction_grids(state) -> dict[str, np.ndarray]:
     # Pictures: fixed test images above their reconstructions, plus the model's own.
     host_state = _unreplicate_to_host(state)
-    originals = pixels.to_model_range(eval_split.images[grid_indices].astype(np.float32),
-                                      input_range)
+    originals = pixels.to_model_range(grid_images.astype(np.float32), input_range)
     recons, extra = jax.device_get(pictures(
         {'params': host_state.params, **host_state.model_state}, originals))
     grids = {'reconstructions': image_grid.side_by_side_grid(
@@ -184,10 +194,7 @@ def _train_locked(config, workdir: str, model,
     grids.update({name: image_grid.tile(images) for name, images in extra.items()})
     return grids
 
-  train_iter = flax.jax_utils.prefetch_to_device(input_pipeline.train_batches(
-      train_split, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      num_local_devices=len(devices),
-      process_index=jax.process_index(), process_count=jax.process_count()), 2, devices)
+  train_iter = flax.jax_utils.prefetch_to_device(source.train_batches(start_step), 2, devices)
   hooks = []
   if jax.process_index() == 0:
     hooks.append(periodic_actions.ReportProgress(
@@ -243,11 +250,6 @@ def _train_locked(config, workdir: str, model,
                num_train_steps, progress.elapsed(), _eval_summary(last_eval), workdir,
                num_train_steps)
   return _unreplicate_to_host(state)
-
-
-def _load_splits(config) -> tuple[input_pipeline.Split, input_pipeline.Split]:
-  return (input_pipeline.load_split(config.dataset, config.train_split, config.data_dir),
-          input_pipeline.load_split(config.dataset, config.eval_split, config.data_dir))
 
 
 class _Progress:

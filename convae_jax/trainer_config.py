@@ -12,6 +12,8 @@ ON_NON_FINITE = ('stop', 'skip')
 DTYPES = ('float32', 'bfloat16')
 # What config.schedule allows (optax schedules of the step; steps.learning_rate_schedule).
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'warmup_rsqrt')
+# What config.input_mode allows (data.py).
+INPUT_MODES = ('auto', 'in_memory', 'streaming')
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -26,6 +28,16 @@ def defaults() -> ml_collections.ConfigDict:
   # Pixels are scaled into this range; it must lie inside what the model's output can reach
   # (the seed's Sigmoid gives [0, 1]).
   config.input_range = (0.0, 1.0)
+  # Resize each image's shorter side to this many pixels and crop its centre square, so a
+  # dataset of any (or varied) image sizes trains at one shape; None keeps the dataset's.
+  config.image_size = ml_collections.config_dict.placeholder(int)
+  # INPUT_MODES: 'in_memory' decodes each split into every host's memory (small datasets;
+  # resumes by a stateless shuffle); 'streaming' has each process read only its share of the
+  # files through a shuffle buffer (datasets larger than memory); 'auto' streams when the
+  # train and eval splits' pixels would take more than in_memory_limit_mb per host.
+  config.input_mode = 'auto'
+  config.in_memory_limit_mb = 4096
+  config.shuffle_buffer = 10_000  # Streaming: examples shuffled at once, held encoded.
 
   # The model's registered name and its settings (models.registry).
   config.model = ml_collections.ConfigDict({'name': 'cae'})

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny
-from convae_jax import checkpointing, config_checks, distributed, models, steps, train
+from convae_jax import (checkpointing, config_checks, distributed, inference, models, steps,
+                        train)
 
 STEPS = 4
 
@@ -28,7 +29,7 @@ def _config(data_dir, steps):
               num_grid_images=4)
 
 
-def _start_two_processes(workdir, data_dir, steps):
+def _start_two_processes(workdir, data_dir, steps, *extra_args):
   """Starts launch.py as processes 0 and 1 of one run; returns their Popen objects."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -39,7 +40,7 @@ def _start_two_processes(workdir, data_dir, steps):
           f'--config.eval_every_steps={STEPS}', '--config.checkpoint_every_steps=2',
           '--config.log_every_steps=2', '--config.profile_num_steps=0',
           '--config.num_grid_images=4', f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2']
+          '--num_processes=2', *extra_args]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
   return [subprocess.Popen([sys.executable, 'launch.py', *args, f'--process_id={i}'], cwd=REPO,
@@ -109,6 +110,25 @@ def test_two_processes_match_one_and_their_checkpoint_continues_in_one(tmp_path,
   steps = [l['step'] for l in _lines(two) if 'train/loss' in l]
   assert steps == [2, 4, 6]  # Resumed at 4: no step trained twice.
   _assert_close(reference.params, continued.params)
+
+
+@pytest.mark.slow
+def test_two_streaming_processes_read_their_own_shares_and_count_each_eval_image_once(
+    tmp_path, photo_data_dir):
+  processes = _start_two_processes(tmp_path, photo_data_dir, STEPS,
+                                   '--config.input_mode=streaming')
+  results = _wait(processes)
+  for i, (_, stderr, code) in enumerate(results):
+    assert code == 0, f'process {i}:\n{stderr[-3000:]}'
+    assert f'Streaming: process {i} of 2 reads its share' in stderr
+  # Eval batch 64 over 476 test images: each process's share of 238 ends in a padded batch.
+  # The metrics equal an in-memory evaluation of the same weights in this one process.
+  logged = [l for l in _lines(tmp_path) if 'eval/mse' in l]
+  assert len(logged) == 1 and logged[0]['step'] == STEPS
+  expected = inference.load(str(tmp_path)).evaluate(batch_size=64)
+  assert expected['num_images'] == 476
+  for key in ('mse', 'psnr', 'ssim'):
+    np.testing.assert_allclose(logged[0][f'eval/{key}'], expected[key], rtol=1e-5)
 
 
 def test_cluster_launchers_are_detected_from_their_variables(monkeypatch):
