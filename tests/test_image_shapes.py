@@ -57,25 +57,35 @@ def test_the_model_builds_for_the_datasets_channels(cifar_config, tmp_path):
     assert json.load(f)['model']['image_channels'] == 1
 
 
-def test_varied_image_sizes_are_refused_without_image_size(cifar_config, tmp_path):
+def _flowers(cifar_config, **overrides):
+  """Mock tf_flowers (images of varied sizes), halved into train and eval splits."""
+  return cifar_config(dataset='tf_flowers', train_split='train[:50%]', eval_split='train[50%:]',
+                      **overrides)
+
+
+@pytest.mark.parametrize('image_size, error, message', [
+    (None, input_pipeline.ImageSizeError,
+     r"dataset 'tf_flowers' has images of varied sizes; set --config.image_size=N"),
+    (18, config_checks.ConfigError,
+     r'images of 18x18 do not divide by 4, .*set --config.image_size to a multiple of 4')])
+def test_image_sizes_that_cannot_train_are_refused_with_the_fix(cifar_config, tmp_path,
+                                                               image_size, error, message):
   with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(input_pipeline.ImageSizeError,
-                       match=r"dataset 'tf_flowers' has images of varied sizes; set "
-                             r'--config.image_size=N'):
-      train.train_and_evaluate(cifar_config(dataset='tf_flowers', train_split='train[:50%]',
-                                            eval_split='train[50%:]'), str(tmp_path))
+    with pytest.raises(error, match=message):
+      train.train_and_evaluate(_flowers(cifar_config, image_size=image_size), str(tmp_path))
   assert not os.listdir(tmp_path)
 
 
-def test_an_image_size_the_model_cannot_divide_is_refused_with_the_fix(cifar_config, tmp_path):
-  with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(config_checks.ConfigError,
-                       match=r'images of 18x18 do not divide by 4, .*set --config.image_size '
-                             r'to a multiple of 4'):
-      train.train_and_evaluate(cifar_config(dataset='tf_flowers', train_split='train[:50%]',
-                                            eval_split='train[50%:]', image_size=18),
-                               str(tmp_path))
-  assert not os.listdir(tmp_path)
+def test_launch_refuses_varied_sizes_in_one_line_with_exit_code_2(tmp_path):
+  result = _launch_on_mock_data(tmp_path / 'run', 8, 'configs/cifar.py',
+                                '--config.dataset=tf_flowers', '--config.train_split=train',
+                                '--config.eval_split=train')
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: dataset 'tf_flowers' has images of varied sizes; set --config.image_size=N to "
+      'resize and centre-crop them to NxN')
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists() or not os.listdir(tmp_path / 'run')
 
 
 def test_varied_image_sizes_train_with_image_size(cifar_config, tmp_path):
@@ -83,9 +93,7 @@ def test_varied_image_sizes_train_with_image_size(cifar_config, tmp_path):
     sizes = {tuple(x['image'].shape) for x in tfds.as_numpy(
         tfds.load('tf_flowers', split='train').take(8))}
     assert len(sizes) > 1, sizes  # The mock images do vary in size.
-    state = train.train_and_evaluate(
-        cifar_config(dataset='tf_flowers', train_split='train[:50%]', eval_split='train[50%:]',
-                     image_size=16), str(tmp_path))
+    state = train.train_and_evaluate(_flowers(cifar_config, image_size=16), str(tmp_path))
   assert int(state.step) == 4
   assert os.path.exists(tmp_path / 'images' / 'reconstructions_4.png')
 
