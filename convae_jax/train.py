@@ -49,10 +49,18 @@ def _check_image_shape(model, image_shape) -> None:
 def _built_for_channels(config, model, channels: int):
   """(config, model) with the model taking and giving the dataset's channel count (a
   grayscale dataset gets a grayscale model); the saved config records it."""
-  if model.image_channels == channels:
+  try:
+    current = model.image_channels
+  except NotImplementedError:  # A model of one's own that does not say: it is left as it is.
     return config, model
+  if current == channels:
+    return config, model
+  if 'image_channels' not in config.model:
+    raise config_checks.ConfigError(
+        f'the dataset\'s images have {channels} channels, and config.model takes {current} '
+        'with no image_channels setting to change; use a dataset or model that match')
   logging.info('config.model.image_channels=%d set to the dataset\'s %d channels',
-               model.image_channels, channels)
+               current, channels)
   config = config.copy_and_resolve_references()
   config.model.image_channels = channels
   return config, config_checks.check(config, jax.device_count(), jax.process_count())
