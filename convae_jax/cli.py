@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: config.data_dir).')
   p.add_argument('--batch_size', type=int, default=None,
                  help='Eval batch (default: config.eval_batch_size).')
+  p.add_argument('--importance_samples', type=int, default=0,
+                 help='K > 0: also bpd_iw, the importance-weighted bound with K posterior '
+                 'draws per image (models with a prior: the vae presets).')
   p.add_argument('--output', default=None,
                  help='JSON file (default: WORKDIR/evaluation_SPLIT_STEP.json).')
   p = modes.add_parser('reconstruct', parents=[common, inputs], help='Reconstruct images.')
@@ -117,7 +120,8 @@ def _no_readable_image(inputs) -> Exception:
 
 def evaluate(args, trained) -> None:
   results = trained.evaluate(args.split, dataset=args.dataset, data_dir=args.data_dir,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size,
+                             importance_samples=args.importance_samples)
   split = args.split or trained.config.eval_split
   dataset = args.dataset or trained.config.dataset
   num_images = results.pop('num_images')

@@ -320,10 +320,13 @@ class TrainedModel:
     return out[0] if single else out
 
   def evaluate(self, split: str | None = None, *, dataset: str | None = None,
-               data_dir: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+               data_dir: str | None = None, batch_size: int | None = None,
+               importance_samples: int = 0) -> dict[str, Any]:
     """The trainer's evaluation (every image once; mse, psnr, ssim and the model's own
     metrics) of a TFDS split, by default the config's eval split. Returns the metrics and
-    'num_images'."""
+    'num_images'. With `importance_samples` K > 0 (a model with importance weights: the VAE),
+    also 'bpd_iw': the importance-weighted bound with K posterior draws per image, beside the
+    one-draw negative ELBO 'bpd'."""
     from convae_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
     try:
       input_pipeline.hide_accelerators_from_tensorflow()
@@ -337,6 +340,11 @@ class TrainedModel:
       paths.check_dir(data_dir, 'data_dir', writable=False)
     if batch_size is not None and batch_size < 1:
       raise UsageError(f'batch_size={batch_size}: must be 1 or more')
+    if importance_samples < 0:
+      raise UsageError(f'importance_samples={importance_samples}: must be 0 (off) or more')
+    if importance_samples and not self.model.has_importance_weights:
+      raise UsageError(f'importance_samples: model {self.name!r} has no prior and likelihood '
+                       'to weight (the vae presets do); leave it at 0')
     # Resized and cropped as in training, when the run set config.image_size.
     data = input_pipeline.load_split(dataset, split, data_dir, self.config.get('image_size'))
     image_shape = data.images.shape[1:]
@@ -353,10 +361,14 @@ class TrainedModel:
     state = flax.jax_utils.replicate(self.state.replace(opt_state=None), devices)
     # The trainer's evaluation key, so a stochastic model scores as in training.
     base_rng = jax.random.split(jax.random.key(self.config.seed))[1]
-    batches = input_pipeline.eval_batches(
+    batches = lambda: input_pipeline.eval_batches(
         data, global_batch_size=batch, num_local_devices=len(devices),
         process_index=jax.process_index(), process_count=jax.process_count())
-    scalars, _ = steps.evaluate(p_eval_step, state, batches, devices, base_rng)
+    scalars, _ = steps.evaluate(p_eval_step, state, batches(), devices, base_rng)
+    if importance_samples:
+      scalars['bpd_iw'] = steps.importance_weighted_bpd(
+          self.model, state, batches(), devices, base_rng, self.input_range, importance_samples)
+      scalars['importance_samples'] = importance_samples
     return {**scalars, 'num_images': data.num_examples}
 
 

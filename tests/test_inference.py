@@ -225,6 +225,35 @@ def test_vae_samples_and_interpolates(vae_workdir, images_dir, tmp_path):
   assert len(os.listdir(tmp_path / 'i')) == 5
 
 
+def test_the_importance_weighted_bound_is_tighter_than_the_elbo(vae_workdir, cae, tmp_path):
+  vae = inference.load(vae_workdir)
+  code, stdout, stderr = run_cli('evaluate', '--workdir', vae_workdir, '--split', 'test[:32]',
+                                 '--batch_size', 16, '--importance_samples', 16,
+                                 '--output', tmp_path / 'eval.json')
+  assert code == 0, stderr
+  result = json.load(open(tmp_path / 'eval.json'))['metrics']
+  assert result['importance_samples'] == 16 and 'bpd_iw' in stdout
+  one_draw = vae.evaluate('test[:32]', batch_size=16)
+  np.testing.assert_allclose(result['bpd'], one_draw['bpd'], rtol=1e-6)
+  assert np.isfinite(result['bpd_iw']) and result['bpd_iw'] < one_draw['bpd']
+  # The log weights average to minus the negative ELBO (its KL in closed form).
+  images = np.round(_smooth(32, 32, 3, 0)[None] * 255.0) / 255.0
+  variables = {'params': vae.state.params, **vae.state.model_state}
+  # Over the same draws (the same keys draw the same latents), so only the KL's Monte Carlo
+  # estimate differs from its closed form.
+  keys = jax.random.split(jax.random.key(0), 512)
+  log_weights = jax.vmap(lambda key: vae.model.apply(
+      variables, images, rngs={'sample': key}, method='log_importance_weight'))(keys)
+  nelbo = jax.vmap(lambda key: vae.model.apply(
+      variables, images, rngs={'sample': key}).metrics['nelbo'])(keys)
+  np.testing.assert_allclose(-np.mean(log_weights), np.mean(nelbo), rtol=1e-3)
+  with pytest.raises(inference.UsageError,
+                     match=r"importance_samples: model 'seed\+identity\+mse' has no prior"):
+    cae.evaluate('test[:8]', importance_samples=4)
+  with pytest.raises(inference.UsageError, match='importance_samples=-1: must be 0'):
+    vae.evaluate('test[:8]', importance_samples=-1)
+
+
 def test_a_model_that_cannot_sample_says_so(cae, cae_workdir, tmp_path):
   with pytest.raises(inference.UsageError, match=r"model 'seed\+identity\+mse' cannot sample.*can_sample is False"):
     cae.sample(2)

@@ -105,6 +105,20 @@ def test_kl_equals_the_analytic_value():
                              [expected], rtol=1e-6)
 
 
+def test_a_posterior_draws_log_ratio_is_log_q_minus_log_p():
+  bottleneck = gaussian.Gaussian(latent_channels=3)
+  features = jax.random.normal(jax.random.key(0), (2, 4, 4, 5))
+  variables = bottleneck.init({'params': jax.random.key(1), 'sample': jax.random.key(2)},
+                              features, False, 1)
+  z, log_ratio = bottleneck.apply(variables, features, rngs={'sample': jax.random.key(3)},
+                                  method='posterior_sample')
+  mean, logvar = bottleneck.apply(variables, features, method='posterior')
+  log_q = jax.scipy.stats.norm.logpdf(z, mean, jnp.exp(0.5 * logvar))
+  log_p = jax.scipy.stats.norm.logpdf(z)
+  np.testing.assert_allclose(log_ratio, gaussian.per_example_sum(log_q - log_p), rtol=1e-5)
+  assert log_ratio.shape == (2,)
+
+
 @pytest.mark.parametrize('mean,log_scale', [(0.5, -3.0), (0.02, -1.0), (0.97, -5.0)])
 def test_discretized_logistic_is_a_distribution_over_256_levels(mean, log_scale):
   levels = jnp.arange(256, dtype=jnp.float32).reshape(256, 1, 1, 1) / 255.0

@@ -106,6 +106,10 @@ class PartsAutoencoder(base.Autoencoder):
     return self._parts['bottleneck'].num_codes
 
   @property
+  def has_importance_weights(self) -> bool:
+    return self._parts['bottleneck'].can_sample and self._parts['likelihood'].proper
+
+  @property
   def splits_exactly(self) -> bool:
     return self._parts['backbone'].splits_exactly and self._parts['bottleneck'].splits_exactly
 
@@ -156,6 +160,11 @@ class PartsAutoencoder(base.Autoencoder):
     return base.AutoencoderOutput(reconstruction=reconstruction,
                                   losses={**losses, **bottleneck.losses}, metrics=metrics,
                                   codes=bottleneck.codes)
+
+  def log_importance_weight(self, images):
+    z, log_ratio = self.bottleneck_part.posterior_sample(self.features(images, False))
+    _, nll = self.likelihood_part(self.decoder_outputs(z, False), images)
+    return -nll - log_ratio
 
   def sample(self, num, height, width):
     """Decoded means of latents drawn from the bottleneck's prior."""

@@ -94,6 +94,12 @@ class Autoencoder(nn.Module):
     return 0
 
   @property
+  def has_importance_weights(self) -> bool:
+    """True when the model implements `log_importance_weight`: a latent with a prior and a
+    posterior, and a likelihood that is a distribution over pixel values."""
+    return False
+
+  @property
   def splits_exactly(self) -> bool:
     """Whether a step averaged over micro-batches is the whole batch's step up to float
     rounding; automatic micro-batching (config.micro_batches=0) splits only such a model.
@@ -151,6 +157,12 @@ class Autoencoder(nn.Module):
     Only for models whose `can_sample` is True; draws from the model's `rng_streams`.
     """
     raise NotImplementedError(f'{type(self).__name__} cannot sample (can_sample is False)')
+
+  def log_importance_weight(self, images: jax.Array) -> jax.Array:
+    """log p(x | z) + log p(z) - log q(z | x) at one draw z ~ q(z | x), in nats [N]: the
+    importance-weighted bound (Burda et al. 2016) averages exp of it over draws, and its mean
+    over draws is minus the negative ELBO. Only where `has_importance_weights` is True."""
+    raise NotImplementedError(f'{type(self).__name__} has no importance weights')
 
   def interpolate(self, start: jax.Array, end: jax.Array, steps: int = 8) -> jax.Array:
     """For each pair of images [N, H, W, C], `steps` decoded images from start to end.

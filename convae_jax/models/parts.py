@@ -106,6 +106,11 @@ class Bottleneck(nn.Module):
     """`num` decoder inputs [num, height, width, ...] drawn from the prior (can_sample)."""
     raise NotImplementedError
 
+  def posterior_sample(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A draw z ~ q(z | x) and log q(z | x) - log p(z) at it, summed per example in nats
+    ([batch]), for importance weighting (can_sample)."""
+    raise NotImplementedError
+
 
 class Likelihood(nn.Module):
   """The reconstruction loss: what the decoder's outputs mean as a distribution over pixels."""

@@ -78,5 +78,13 @@ class Gaussian(parts.Bottleneck):
   def latents(self, features):
     return self.posterior(features)[0]
 
+  def posterior_sample(self, features):
+    mean, logvar = self.posterior(features)
+    noise = jax.random.normal(self.make_rng('sample'), mean.shape)
+    z = mean + jnp.exp(0.5 * logvar) * noise
+    # log N(z; mean, var) - log N(z; 0, 1), the 2 pi terms cancelling.
+    log_ratio = 0.5 * (jnp.square(z) - jnp.square(noise) - logvar)
+    return z, per_example_sum(log_ratio)
+
   def sample_prior(self, num, height, width):
     return jax.random.normal(self.make_rng('sample'), (num, height, width, self.latent_channels))
