@@ -1,0 +1,18 @@
+#!/bin/bash
+# The quality campaign's runs (issue 18; README, Results): each preset at its own default
+# config (configs/cifar.py:NAME carries its settings), evaluated every 500 steps for the
+# curves; its config.json, metrics.jsonl and last pictures are kept in results/quality/NAME
+# (checkpoints stay in RUNS/NAME).
+#     tools/quality_runs.sh /tmp/tfds /tmp/runs resae ...
+set -euo pipefail
+data_dir=$1 runs=$2
+shift 2
+for name in "$@"; do
+  python launch.py --config "configs/cifar.py:$name" --workdir "$runs/$name" \
+      --config.data_dir="$data_dir" --config.eval_every_steps=500
+  out=results/quality/$name
+  mkdir -p "$out/images"
+  cp "$runs/$name/config.json" "$runs/$name/metrics.jsonl" "$out/"
+  last=$(ls "$runs/$name/checkpoints" | sort -n | tail -1)
+  cp "$runs/$name"/images/*_"$last".png "$out/images/"
+done
