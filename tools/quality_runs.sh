@@ -10,9 +10,5 @@ shift 2
 for name in "$@"; do
   python launch.py --config "configs/cifar.py:$name" --workdir "$runs/$name" \
       --config.data_dir="$data_dir" --config.eval_every_steps=500
-  out=results/quality/$name
-  mkdir -p "$out/images"
-  cp "$runs/$name/config.json" "$runs/$name/metrics.jsonl" "$out/"
-  last=$(ls "$runs/$name/checkpoints" | sort -n | tail -1)
-  cp "$runs/$name"/images/*_"$last".png "$out/images/"
+  "$(dirname "$0")/keep_run.sh" "$runs/$name" "results/quality/$name"
 done

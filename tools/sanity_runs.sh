@@ -14,9 +14,5 @@ for name in "$@"; do
   python launch.py --config "configs/cifar.py:$name" --workdir "$runs/$name" \
       --config.data_dir="$data_dir" --config.num_epochs=1 --config.eval_every_steps=130 \
       --config.micro_batches=$micro
-  out=results/sanity/$name
-  mkdir -p "$out/images"
-  cp "$runs/$name/config.json" "$runs/$name/metrics.jsonl" "$out/"
-  last=$(ls "$runs/$name/checkpoints" | sort -n | tail -1)
-  cp "$runs/$name"/images/*_"$last".png "$out/images/"
+  "$(dirname "$0")/keep_run.sh" "$runs/$name" "results/sanity/$name"
 done
