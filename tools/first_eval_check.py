@@ -6,9 +6,9 @@
 REFERENCE is the kept run (its metrics.jsonl, as tools/keep_run.sh keeps it). Launches
 launch.py with the arguments after `--` in a fresh --workdir, kills it as soon as its first
 evaluation is in metrics.jsonl, and compares each of that evaluation's figures with the
-reference's at the same step, bitwise (JSON keeps a float32 exactly). Only meaningful on the
-machine kind and with the device count (and XLA_FLAGS) the reference ran with. Writes WORKDIR/first_eval_check.json; exit code 0 when
-every figure is equal.
+reference's at the same step, bitwise (JSON keeps a float32 exactly). Only meaningful with
+the device count (and XLA_FLAGS) the reference ran with, on its machine kind. Writes
+WORKDIR/first_eval_check.json; exit code 0 when every figure is equal.
 """
 import argparse
 import json
