@@ -1,6 +1,9 @@
 """What a benchmark ran on and how, written into its JSON: figures compare only within one
-machine kind (docs/performance.md)."""
+machine kind (docs/performance.md). Run as a script, prints this machine's record (without
+the command), which tools/keep_run.sh keeps beside a training run.
+"""
 import datetime
+import json
 import os
 import platform
 import sys
@@ -26,3 +29,16 @@ def describe() -> dict:
           'cores': os.cpu_count(), 'date': datetime.date.today().isoformat(),
           'command': ' '.join(['python', os.path.relpath(os.path.abspath(sys.argv[0]), REPO),
                                *sys.argv[1:]])}
+
+
+def label(machine: dict) -> str:
+  """One line naming a `describe()` record's machine kind, for tables."""
+  kind = 'AVX-512' if machine.get('avx512') else 'AVX2, no AVX-512'
+  return (f"{machine.get('cpu', '?')}, {kind}, {machine.get('cores', '?')} cores, "
+          f"{machine.get('date', '?')}")
+
+
+if __name__ == '__main__':
+  record = describe()
+  del record['command']
+  print(json.dumps(record))

@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 
+import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
+
 HEADER = ('| what is timed | model | JAX (this repo), images/s | PyTorch, best setting, '
           'images/s | JAX / PyTorch | data | machine | command |\n'
           '|---|---|---|---|---|---|---|---|')
@@ -19,10 +21,7 @@ CIFAR10 = 'CIFAR-10 (JPEG copy, imported with convae_jax.datasets.import_cifar10
 
 
 def _machine(record: dict) -> str:
-  machine = record.get('machine', {})
-  kind = 'AVX-512' if machine.get('avx512') else 'AVX2, no AVX-512'
-  return (f"{machine.get('cpu', '?')}, {kind}, {machine.get('cores', '?')} cores, "
-          f"{machine.get('date', '?')}")
+  return machine.label(record.get('machine', {}))
 
 
 def _command(record: dict) -> str:

@@ -1,6 +1,7 @@
 """tools/results_table.py: the README's results table and curves, from workdirs."""
 import json
 import os
+import shutil
 
 from tools import results_table
 
@@ -32,3 +33,60 @@ def test_a_folder_that_is_no_run_is_refused(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'config.json does not exist' in err and len(
       err.splitlines()) == 1
+
+
+def test_a_row_names_the_machine_kind_its_run_kept(cae_workdir, tmp_path, capsys):
+  kept = tmp_path / 'kept'
+  kept.mkdir()
+  for name in ('config.json', 'metrics.jsonl'):
+    shutil.copy(os.path.join(cae_workdir, name), kept / name)
+  (kept / 'machine.json').write_text(json.dumps(
+      {'cpu': 'AMD EPYC', 'avx512': False, 'cores': 2, 'date': '2026-12-02'}))
+  assert results_table.main([f'kept={kept}', f'unkept={cae_workdir}']) == 0
+  rows = capsys.readouterr().out.strip().splitlines()[2:]
+  machines = [dict(zip(results_table.COLUMNS, [c.strip() for c in r.strip('|').split('|')]))[
+      'machine'] for r in rows]
+  assert machines == ['AMD EPYC, AVX2, no AVX-512, 2 cores, 2026-12-02', '-']
+
+
+
+def test_bits_per_dim_shows_the_importance_weighted_bound_of_the_last_step(
+    cae_workdir, tmp_path, capsys):
+  kept = tmp_path / 'kept'  # The cae's run, given a bits/dim at each evaluation.
+  kept.mkdir()
+  shutil.copy(os.path.join(cae_workdir, 'config.json'), kept / 'config.json')
+  lines = [json.loads(l) for l in open(os.path.join(cae_workdir, 'metrics.jsonl'),
+                                       encoding='utf-8')]
+  with open(kept / 'metrics.jsonl', 'w', encoding='utf-8') as f:
+    for line in lines:
+      f.write(json.dumps({**line, 'eval/bpd': 5.5} if 'eval/mse' in line else line) + '\n')
+  step = _final_eval(cae_workdir)['step']
+  evaluation = {'step': step, 'split': 'test',
+                'metrics': {'bpd': 5.5, 'bpd_iw': 5.25, 'importance_samples': 16}}
+  (kept / f'evaluation_test_{step - 1}.json').write_text(json.dumps(evaluation))
+
+  def bits_per_dim():
+    assert results_table.main([str(kept)]) == 0
+    cells = capsys.readouterr().out.splitlines()[2].strip('|').split('|')
+    return dict(zip(results_table.COLUMNS, [c.strip() for c in cells]))['bits/dim']
+
+  assert bits_per_dim() == '5.500'  # Another step's evaluation is not this row's.
+  (kept / f'evaluation_test_{step}.json').write_text(json.dumps(evaluation))
+  assert bits_per_dim() == '5.500 (IW, k=16: 5.250)'
+
+
+def test_a_row_counts_the_figures_its_first_eval_reruns_reproduced(cae_workdir, tmp_path,
+                                                                    capsys):
+  kept = tmp_path / 'kept'
+  kept.mkdir()
+  for name in ('config.json', 'metrics.jsonl'):
+    shutil.copy(os.path.join(cae_workdir, name), kept / name)
+  (kept / 'first_eval_check_zen3.json').write_text(json.dumps(
+      {'step': 2, 'figures': 5, 'differing': {}, 'missing': [], 'equal': True}))
+  (kept / 'first_eval_check_zen4.json').write_text(json.dumps(
+      {'step': 2, 'figures': 4, 'differing': {'eval/psnr': {}}, 'missing': ['eval/ssim'],
+       'equal': False}))
+  assert results_table.main([str(kept)]) == 0
+  cells = capsys.readouterr().out.splitlines()[2].strip('|').split('|')
+  assert dict(zip(results_table.COLUMNS, [c.strip() for c in cells]))[
+      'rerun to 1st eval'] == '5 of 5 equal (zen3), 3 of 5 equal (zen4)'

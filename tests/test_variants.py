@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import cifar
-from convae_jax import models, train
+from convae_jax import models, train, trainer_config
 
 from conftest import tiny
 
@@ -25,6 +25,19 @@ def test_every_backbone_and_bottleneck_combine_in_a_preset():
   combinations = {cifar.PRESETS[p][:2] for p in cifar.PRESETS}
   assert combinations >= {(b, n) for b in builtin(models.BACKBONES)
                           for n in builtin(models.BOTTLENECKS)}
+
+
+def test_presets_carry_their_tuned_trainer_settings():
+  defaults = trainer_config.defaults()
+  for preset, settings in cifar.TRAINING.items():
+    assert preset in cifar.PRESETS, preset
+    unknown = set(settings) - set(defaults)
+    assert not unknown, (preset, unknown)  # A typo would add a setting the trainer ignores.
+    config = cifar.get_config(preset)
+    assert {k: config[k] for k in settings} == settings, preset
+  # A preset without tuned settings trains at the trainer's defaults.
+  untuned = cifar.get_config('cae')
+  assert untuned.schedule == defaults.schedule and untuned.num_epochs == defaults.num_epochs
 
 
 # The residual backbone and the denoising variant of it compile for longest: full suite only.

@@ -3,11 +3,16 @@
     python tools/results_table.py cae=runs/cae vqvae-resnet=runs/vqvae-resnet \
         --curves docs/sanity_curves.png
 
-Each argument is NAME=WORKDIR (split at its last '='), or a WORKDIR, named by its folder. Reads WORKDIR/config.json
-and WORKDIR/metrics.jsonl and prints one Markdown row per run: parameters, steps, the final
-evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO, where the model has one), the
+Each argument is NAME=WORKDIR (split at its last '='), or a WORKDIR, named by its folder.
+Reads WORKDIR/config.json and WORKDIR/metrics.jsonl and prints one Markdown row per run:
+parameters, steps, the final
+evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO, where the model has one; beside
+it the importance-weighted bound of a `convae evaluate --importance_samples K` of that step's
+checkpoint on the eval split, WORKDIR/evaluation_SPLIT_STEP.json, where there is one), the
 fraction of codes used over the eval split and its perplexity (models with codes), the
-median train images/s and the training time. With --curves, also writes one PNG of each
+median train images/s, the training time and the machine kind (WORKDIR/machine.json, which
+tools/keep_run.sh writes; '-' without it) and the outcome of each tools/first_eval_check.py
+report kept as WORKDIR/first_eval_check_KIND.json (KIND: the machine kind it reran on). With --curves, also writes one PNG of each
 run's eval PSNR (and bits/dim, where present) against training steps. A run trained with
 weight EMA gets two rows: its EMA weights (eval/) and its raw weights (eval_raw/).
 """
@@ -22,8 +27,11 @@ import ml_collections
 
 from convae_jax import errors, models
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+from benchmarks import machine  # pylint: disable=wrong-import-position
+
 COLUMNS = ('run', 'model', 'parameters', 'steps', 'test MSE', 'PSNR (dB)', 'SSIM',
-           'bits/dim', 'codes used', 'code perplexity', 'train images/s', 'train time')
+           'bits/dim', 'codes used', 'code perplexity', 'train images/s', 'train time', 'machine', 'rerun to 1st eval')
 
 
 def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
@@ -45,6 +53,41 @@ def parameter_count(config: ml_collections.ConfigDict) -> int:
   variables = jax.eval_shape(lambda: model.init(
       rngs, jnp.zeros((1, factor, factor, model.image_channels))))
   return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+def importance_weighted_bpd(workdir: str, config: ml_collections.ConfigDict,
+                            step: int) -> str:
+  """' (IW, k=K: B)' from the run's evaluation of `step` on its eval split, or ''."""
+  path = os.path.join(workdir, f'evaluation_{config.eval_split}_{step}.json')
+  if not os.path.isfile(path):
+    return ''
+  with open(path, encoding='utf-8') as f:
+    figures = json.load(f)['metrics']
+  if 'bpd_iw' not in figures:
+    return ''
+  return f' (IW, k={figures["importance_samples"]}: {figures["bpd_iw"]:.3f})'
+
+
+def first_eval_checks(workdir: str) -> str:
+  """'8 of 8 equal (xeon)' per first_eval_check_KIND.json report in the run's folder."""
+  outcomes = []
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith('first_eval_check_') and name.endswith('.json'):
+      with open(os.path.join(workdir, name), encoding='utf-8') as f:
+        report = json.load(f)
+      kind = name[len('first_eval_check_'):-len('.json')]
+      equal = report.get('figures', 0) - len(report.get('differing', {}))
+      outcomes.append(f'{equal} of {report.get("figures", 0) + len(report.get("missing", []))} '
+                      f'equal ({kind})')
+  return ', '.join(outcomes) or '-'
+
+
+def machine_label(workdir: str) -> str:
+  path = os.path.join(workdir, 'machine.json')
+  if not os.path.isfile(path):
+    return '-'
+  with open(path, encoding='utf-8') as f:
+    return machine.label(json.load(f))
 
 
 def _duration(seconds: float) -> str:
@@ -75,13 +118,17 @@ def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
       'run': name, 'model': model.label or config.model.name,
       'parameters': f'{parameter_count(config):,}', 'steps': str(last['step']),
       'test MSE': fmt('eval/mse', '.5f'), 'PSNR (dB)': fmt('eval/psnr', '.2f'),
-      'SSIM': fmt('eval/ssim', '.3f'), 'bits/dim': fmt('eval/bpd', '.3f'),
+      'SSIM': fmt('eval/ssim', '.3f'),
+      'bits/dim': fmt('eval/bpd', '.3f') + (
+          importance_weighted_bpd(workdir, config, last['step']) if prefix == 'eval/' else ''),
       'codes used': (f'{100 * last["eval/codes_used"]:.1f}% of {model.num_codes}'
                      if 'eval/codes_used' in last else '-'),
       'code perplexity': fmt('eval/code_perplexity', '.1f'),
       'train images/s': (f'{statistics.median(rates) * config.batch_size:,.0f}'
                          if rates else '-'),
       'train time': _duration(uptimes[-1]) if uptimes else '-',
+      'machine': machine_label(workdir),
+      'rerun to 1st eval': first_eval_checks(workdir),
   }
 
 
