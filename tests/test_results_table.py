@@ -49,7 +49,6 @@ def test_a_row_names_the_machine_kind_its_run_kept(cae_workdir, tmp_path, capsys
   assert machines == ['AMD EPYC, AVX2, no AVX-512, 2 cores, 2026-12-02', '-']
 
 
-
 def test_bits_per_dim_shows_the_importance_weighted_bound_of_the_last_step(
     cae_workdir, tmp_path, capsys):
   kept = tmp_path / 'kept'  # The cae's run, given a bits/dim at each evaluation.

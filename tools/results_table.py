@@ -5,16 +5,16 @@
 
 Each argument is NAME=WORKDIR (split at its last '='), or a WORKDIR, named by its folder.
 Reads WORKDIR/config.json and WORKDIR/metrics.jsonl and prints one Markdown row per run:
-parameters, steps, the final
-evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO, where the model has one; beside
-it the importance-weighted bound of a `convae evaluate --importance_samples K` of that step's
-checkpoint on the eval split, WORKDIR/evaluation_SPLIT_STEP.json, where there is one), the
-fraction of codes used over the eval split and its perplexity (models with codes), the
-median train images/s, the training time and the machine kind (WORKDIR/machine.json, which
-tools/keep_run.sh writes; '-' without it) and the outcome of each tools/first_eval_check.py
-report kept as WORKDIR/first_eval_check_KIND.json (KIND: the machine kind it reran on). With --curves, also writes one PNG of each
-run's eval PSNR (and bits/dim, where present) against training steps. A run trained with
-weight EMA gets two rows: its EMA weights (eval/) and its raw weights (eval_raw/).
+parameters, steps, the final evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO,
+where the model has one; beside it the importance-weighted bound of a `convae evaluate
+--importance_samples K` of that step's checkpoint on the eval split, where the run's folder
+holds it as evaluation_SPLIT_STEP.json), the fraction of codes used over the eval split and
+its perplexity (models with codes), the median train images/s, the training time, the
+machine kind (WORKDIR/machine.json, which tools/keep_run.sh writes) and the outcome of each
+tools/first_eval_check.py report kept as WORKDIR/first_eval_check_KIND.json (KIND: the
+machine kind it reran on); '-' where a file is absent. With --curves, also writes one PNG
+of each run's eval PSNR (and bits/dim, where present) against training steps. A run trained
+with weight EMA gets two rows: its EMA weights (eval/) and its raw weights (eval_raw/).
 """
 import json
 import os
@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from benchmarks import machine  # pylint: disable=wrong-import-position
 
 COLUMNS = ('run', 'model', 'parameters', 'steps', 'test MSE', 'PSNR (dB)', 'SSIM',
-           'bits/dim', 'codes used', 'code perplexity', 'train images/s', 'train time', 'machine', 'rerun to 1st eval')
+           'bits/dim', 'codes used', 'code perplexity', 'train images/s', 'train time',
+           'machine', 'rerun to 1st eval')
 
 
 def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
@@ -76,9 +77,9 @@ def first_eval_checks(workdir: str) -> str:
       with open(os.path.join(workdir, name), encoding='utf-8') as f:
         report = json.load(f)
       kind = name[len('first_eval_check_'):-len('.json')]
-      equal = report.get('figures', 0) - len(report.get('differing', {}))
-      outcomes.append(f'{equal} of {report.get("figures", 0) + len(report.get("missing", []))} '
-                      f'equal ({kind})')
+      compared = report.get('figures', 0)  # Figures present in both runs; `missing`: not rerun.
+      equal = compared - len(report.get('differing', {}))
+      outcomes.append(f'{equal} of {compared + len(report.get("missing", []))} equal ({kind})')
   return ', '.join(outcomes) or '-'
 
 
