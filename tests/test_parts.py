@@ -10,8 +10,8 @@ import pytest
 
 from configs import cifar
 from convae_jax import config_checks, models
-from convae_jax.models.bottlenecks import gaussian
-from convae_jax.models.likelihoods import discretized_logistic
+from convae_jax.models.bottlenecks import gaussian, low_rank_prior
+from convae_jax.models.likelihoods import discretized_logistic, logistic_mixture
 
 from conftest import tiny
 
@@ -119,6 +119,63 @@ def test_a_posterior_draws_log_ratio_is_log_q_minus_log_p():
   assert log_ratio.shape == (2,)
 
 
+def _low_rank_prior(grid=(2, 2, 3), rank=2):
+  """A LowRankGaussian with random parameters, and its dense covariance."""
+  prior = low_rank_prior.LowRankGaussian(rank)
+  variables = prior.init(jax.random.key(0), grid)
+  keys = jax.random.split(jax.random.key(1), 3)
+  params = {name: jax.random.normal(key, value.shape) * 0.5
+            for key, (name, value) in zip(keys, variables['params'].items())}
+  loc, log_diag, factor = (params[n] for n in ('loc', 'log_diag', 'factor'))
+  return prior, {'params': params}, loc, jnp.diag(jnp.exp(log_diag)) + factor @ factor.T
+
+
+def test_low_rank_prior_kl_and_density_equal_the_dense_gaussians():
+  prior, variables, loc, covariance = _low_rank_prior()
+  mean = jax.random.normal(jax.random.key(2), (3, 2, 2, 3))
+  logvar = jax.random.normal(jax.random.key(3), (3, 2, 2, 3)) * 0.3
+  kl = prior.apply(variables, mean, logvar, method='kl')
+  precision = jnp.linalg.inv(covariance)
+  for i in range(3):  # KL of two Gaussians, with the dense covariance and its inverse.
+    m, v = mean[i].reshape(-1), jnp.exp(logvar[i].reshape(-1))
+    expected = 0.5 * (jnp.trace(precision * v[None, :]) + (m - loc) @ precision @ (m - loc) -
+                      m.size + jnp.linalg.slogdet(covariance)[1] - jnp.sum(jnp.log(v)))
+    np.testing.assert_allclose(kl[i], expected, rtol=1e-4)
+  np.testing.assert_allclose(
+      prior.apply(variables, mean, method='log_prob'),
+      jax.scipy.stats.multivariate_normal.logpdf(mean.reshape(3, -1), loc, covariance),
+      rtol=1e-4)
+
+
+def test_low_rank_prior_samples_have_its_covariance():
+  prior, variables, loc, covariance = _low_rank_prior()
+  z = prior.apply(variables, jax.random.key(4), (40000, 2, 2, 3), method='sample')
+  assert z.shape == (40000, 2, 2, 3)
+  flat = np.asarray(z).reshape(40000, -1)
+  np.testing.assert_allclose(flat.mean(0), loc, atol=0.05)
+  np.testing.assert_allclose(np.cov(flat, rowvar=False), covariance, atol=0.08)
+
+
+def test_a_learned_prior_vaes_log_ratios_average_to_its_kl():
+  model = _model('vae', bottleneck={'name': 'gaussian', 'prior': 'low_rank', 'prior_rank': 4})
+  variables = _init(model)
+  assert variables['params']['bottleneck_part']['learned_prior']['factor'].shape == (
+      4 * 4 * 32, 4)
+  images = _pixels(1)
+  output = model.apply(variables, images, rngs=_rngs(model))
+  # E over q of log q(z | x) - log p(z) is the KL; 2,000 draws put the mean within 1%.
+  draws = jax.vmap(lambda key: model.apply(
+      variables, images, rngs={'sample': key},
+      method=lambda m, x: m.bottleneck_part.posterior_sample(m.features(x, False))[1]))(
+          jax.random.split(jax.random.key(5), 2000))
+  np.testing.assert_allclose(float(jnp.mean(draws)), float(output.metrics['kl'][0]), rtol=0.01)
+  samples = model.apply(variables, 3, 16, 16, rngs=_rngs(model), method='sample')
+  assert samples.shape == (3, 16, 16, 3)
+  with pytest.raises(ValueError, match=r"its low-rank prior was learned on a latent grid of "
+                                       r"512 values, not \(8, 8, 32\)"):
+    model.apply(variables, 3, 32, 32, rngs=_rngs(model), method='sample')
+
+
 @pytest.mark.parametrize('mean,log_scale', [(0.5, -3.0), (0.02, -1.0), (0.97, -5.0)])
 def test_discretized_logistic_is_a_distribution_over_256_levels(mean, log_scale):
   levels = jnp.arange(256, dtype=jnp.float32).reshape(256, 1, 1, 1) / 255.0
@@ -146,6 +203,63 @@ def test_per_pixel_log_scale_doubles_the_decoder_outputs():
   assert 'likelihood_part' not in variables['params']  # No per-channel parameter.
   output = model.apply(variables, _pixels(), rngs=_rngs(model))
   assert output.reconstruction.shape == (4, 16, 16, 3)
+  assert np.all(np.isfinite(output.metrics['bpd']))
+
+
+def _two_channel_grid():
+  """Every colour of a 2-channel 8-bit pixel, as [65536, 1, 1, 2] images."""
+  levels = jnp.arange(256, dtype=jnp.float32) / 255.0
+  return jnp.stack(jnp.meshgrid(levels, levels, indexing='ij'), -1).reshape(-1, 1, 1, 2)
+
+
+@pytest.mark.parametrize('coupling', [True, False])
+def test_logistic_mixture_is_a_distribution_over_colours_with_its_mean(coupling):
+  likelihood = logistic_mixture.LogisticMixture(num_components=3, channel_coupling=coupling)
+  colours = _two_channel_grid()
+  # Small outputs keep the components away from the edges, whose tails would move the mean.
+  outputs = 0.5 * jax.random.normal(jax.random.key(0), (1, 1, 1, likelihood.decoder_channels(2)))
+  _, nll = likelihood.apply({}, jnp.broadcast_to(outputs, colours.shape[:3] + outputs.shape[3:]),
+                            colours)
+  p = jnp.exp(-nll)
+  np.testing.assert_allclose(float(jnp.sum(p)), 1.0, atol=1e-4)
+  # The mean needs no image, also with coupling.
+  expected = jnp.sum(p[:, None] * colours.reshape(-1, 2), axis=0)
+  np.testing.assert_allclose(likelihood.apply({}, outputs, method='mean').reshape(2), expected,
+                             atol=1e-3)
+
+
+def test_logistic_mixture_couples_a_channel_to_the_earlier_ones_by_hand():
+  # One component, two channels: x1's location is m1 + tanh(c) (x0 - m0).
+  likelihood = logistic_mixture.LogisticMixture(num_components=1)
+  raw_mean, raw_log_scale, raw_coefficient = jnp.array([0.3, -0.2]), jnp.array([0.5, 1.0]), 0.8
+  outputs = jnp.concatenate([jnp.zeros(1), raw_mean, raw_log_scale,
+                             jnp.array([raw_coefficient])]).reshape(1, 1, 1, 6)
+  x = jnp.array([120.0, 40.0]).reshape(1, 1, 1, 2) / 255.0
+  m, log_s = jax.nn.sigmoid(raw_mean), raw_log_scale - 3.0
+  location1 = m[1] + math.tanh(raw_coefficient) * (x[..., 0] - m[0])
+  expected = -(discretized_logistic.discretized_logistic_log_prob(x[..., 0], m[0], log_s[0]) +
+               discretized_logistic.discretized_logistic_log_prob(x[..., 1], location1, log_s[1]))
+  _, nll = likelihood.apply({}, outputs, x)
+  np.testing.assert_allclose(nll, expected.reshape(1), rtol=1e-6)
+
+
+def test_one_uncoupled_component_is_the_per_pixel_discretized_logistic():
+  mixture = logistic_mixture.LogisticMixture(num_components=1, channel_coupling=False)
+  single = discretized_logistic.DiscretizedLogistic(log_scale='pixel')
+  outputs = jax.random.normal(jax.random.key(1), (2, 4, 4, 6))
+  images = _pixels(2, 4)
+  _, nll = mixture.apply({}, jnp.concatenate([jnp.zeros((2, 4, 4, 1)), outputs], -1), images)
+  _, expected = single.apply({}, outputs, images)
+  np.testing.assert_allclose(nll, expected, rtol=1e-6)
+
+
+def test_logistic_mixture_sizes_the_decoder_and_reports_bits_per_dim():
+  model = _model('vae', likelihood={'name': 'logistic_mixture', 'num_components': 4})
+  variables = _init(model)
+  assert variables['params']['decoder']['deconv2']['kernel'].shape[-1] == 4 * (1 + 6 + 3)
+  output = model.apply(variables, _pixels(), rngs=_rngs(model))
+  assert output.reconstruction.shape == (4, 16, 16, 3)
+  assert np.all((output.reconstruction >= 0) & (output.reconstruction <= 1))
   assert np.all(np.isfinite(output.metrics['bpd']))
 
 

@@ -14,7 +14,8 @@ from conftest import tiny
 EXTRA_METRICS = {'gaussian': ('kl', 'loss_kl'), 'vq': ('loss_commitment', 'codes_used',
                                                       'code_perplexity'),
                  'fsq': ('codes_used', 'code_perplexity'),
-                 'discretized_logistic': ('loss_nll', 'nll_bpd')}
+                 'discretized_logistic': ('loss_nll', 'nll_bpd'),
+                 'logistic_mixture': ('loss_nll', 'nll_bpd')}
 EXTRA_PICTURES = {'gaussian': ('prior_samples', 'interpolation'), 'vq': ('code_usage',),
                   'fsq': ('code_usage',)}
 
@@ -59,7 +60,7 @@ def test_preset_trains_with_falling_loss(preset, photo_data_dir, tmp_path):
   _, bottleneck, likelihood, corruption = cifar.PRESETS[preset]
   expected = ('loss', 'mse', 'psnr', 'ssim') + EXTRA_METRICS.get(bottleneck, ()) + (
       EXTRA_METRICS.get(likelihood, ()))
-  if likelihood == 'discretized_logistic' and bottleneck != 'identity':
+  if models.LIKELIHOODS.get(likelihood).proper and bottleneck != 'identity':
     expected += ('bpd', 'nelbo')
   for name in expected:
     assert f'eval/{name}' in final_eval, (name, final_eval)

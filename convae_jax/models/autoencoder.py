@@ -118,7 +118,7 @@ class PartsAutoencoder(base.Autoencoder):
     initializing = self.is_initializing()
     self.encoder = layers.computing_in(backbone.encoder(), self.dtype, initializing)
     self.decoder = layers.computing_in(
-        backbone.decoder(likelihood.outputs_per_channel * self.image_channels), self.dtype,
+        backbone.decoder(likelihood.decoder_channels(self.image_channels)), self.dtype,
         initializing)
     # Parameter names as in earlier versions' single-file models, so their workdirs load.
     self.bottleneck_part = self._parts['bottleneck'].clone()

@@ -121,10 +121,9 @@ class Likelihood(nn.Module):
   exact_input_range: ClassVar[tuple[float, float] | None] = None
   output_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
-  @property
-  def outputs_per_channel(self) -> int:
-    """Decoder outputs per image channel (a mean; a mean and a log-scale)."""
-    return 1
+  def decoder_channels(self, image_channels: int) -> int:
+    """How many output channels the decoder gives it (by default one per image channel)."""
+    return image_channels
 
   def mean(self, outputs: jax.Array) -> jax.Array:
     """The reconstruction in `output_range`, from the decoder's outputs."""

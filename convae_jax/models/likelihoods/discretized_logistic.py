@@ -19,8 +19,9 @@ from convae_jax.models import base, parts
 LOG_SCALES = ('channel', 'pixel')
 
 
-def discretized_logistic_nll(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
-  """-log P(x) in nats, summed per example, for x on the 256-level grid of [0, 1]."""
+def discretized_logistic_log_prob(x: jax.Array, mean: jax.Array,
+                                  log_scale: jax.Array) -> jax.Array:
+  """log P(x) in nats, per element, for x on the 256-level grid of [0, 1]."""
   half_bin = 0.5 / 255.0
   inv_scale = jnp.exp(-log_scale)
   centered = x - mean
@@ -32,10 +33,15 @@ def discretized_logistic_nll(x: jax.Array, mean: jax.Array, log_scale: jax.Array
   mid = inv_scale * centered
   # Where the bin's mass underflows, use density x bin width at its centre instead.
   log_pdf_mid = mid - log_scale - 2.0 * jax.nn.softplus(mid) - math.log(255.0)
-  log_prob = jnp.where(
+  return jnp.where(
       x < half_bin, log_cdf_plus,
       jnp.where(x > 1.0 - half_bin, log_one_minus_cdf_minus,
                 jnp.where(cdf_delta > 1e-5, jnp.log(jnp.maximum(cdf_delta, 1e-12)), log_pdf_mid)))
+
+
+def discretized_logistic_nll(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
+  """-log P(x) in nats, summed per example, for x on the 256-level grid of [0, 1]."""
+  log_prob = discretized_logistic_log_prob(x, mean, log_scale)
   return -jnp.sum(log_prob, axis=tuple(range(1, x.ndim)))
 
 
@@ -53,9 +59,8 @@ class DiscretizedLogistic(parts.Likelihood):
                         LOG_SCALES)
     super().__post_init__()
 
-  @property
-  def outputs_per_channel(self) -> int:
-    return 2 if self.log_scale == 'pixel' else 1
+  def decoder_channels(self, image_channels: int) -> int:
+    return image_channels * (2 if self.log_scale == 'pixel' else 1)
 
   def mean(self, outputs):
     return nn.sigmoid(self._split(outputs)[0])
