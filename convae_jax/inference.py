@@ -56,7 +56,7 @@ def read_config(path: str) -> ml_collections.ConfigDict:
     raise UsageError(f'{path} cannot be read as a config ({type(e).__name__}: {e})') from None
 
 
-def _training_image_size(config: ml_collections.ConfigDict, factor: int) -> tuple[int, int]:
+def training_image_size(config: ml_collections.ConfigDict, factor: int) -> tuple[int, int]:
   """The training images' height and width (config.image_size, else TFDS metadata; 32x32
   when it does not say), rounded up to a multiple of `factor`: the default size of `sample`."""
   if config.get('image_size'):
@@ -109,11 +109,11 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
             ' (a model or part of your own: import the module that registers it first; the '
             'CLI takes --module NAME)')
     raise UsageError(f'{path}: config.model: {e}{hint}') from None
-  # The models are fully convolutional: their parameters do not depend on the image size.
-  factor = 2**model.num_downsamplings
+  # At the training size: a learned prior's parameters are shaped by the latent grid.
   channels = model.image_channels
-  target = steps.abstract_train_state(model, steps.create_optimizer(config),
-                                      (factor, factor, channels), config.ema_decay)
+  target = steps.abstract_train_state(
+      model, steps.create_optimizer(config),
+      (*training_image_size(config, 2**model.num_downsamplings), channels), config.ema_decay)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   try:
     state = checkpointer.restore(target, step)
@@ -294,9 +294,12 @@ class TrainedModel:
     """`num` images [num, H, W, C] in [0, 1] drawn from the prior (the training size unless
     `height`/`width` are given; they must divide by `factor`)."""
     self.require_can_sample('sample')
-    if height is None or width is None:
-      default = _training_image_size(self.config, self.factor)
-      height, width = height or default[0], width or default[1]
+    default = training_image_size(self.config, self.factor)
+    height, width = height or default[0], width or default[1]
+    if self.model.samples_at_training_size and (height, width) != default:
+      raise UsageError(f"sample: this model's prior was learned on the latent grid of "
+                       f'{default[0]}x{default[1]} images; sample at that size (leave out '
+                       '--height and --width)')
     if num < 1 or height % self.factor or width % self.factor:
       raise UsageError(f'sample: num={num} must be >= 1 and the size {height}x{width} must '
                        f'divide by {self.factor}')

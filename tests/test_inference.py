@@ -74,11 +74,8 @@ def images_dir(tmp_path_factory):
   return str(folder)
 
 
-@pytest.fixture(scope='module')
-def vae_workdir(tmp_path_factory, photo_data_dir):
+def _initial_vae_workdir(workdir, config):
   """A VAE checkpoint at initialization, saved as the trainer saves (its loop is the cae's)."""
-  workdir = str(tmp_path_factory.mktemp('vae'))
-  config = tiny(photos.get_config('vae'), data_dir=photo_data_dir)
   model = models.create_model(config.model)
   state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
@@ -87,6 +84,12 @@ def vae_workdir(tmp_path_factory, photo_data_dir):
   checkpointer.save(1, state)
   checkpointer.close()
   return workdir
+
+
+@pytest.fixture(scope='module')
+def vae_workdir(tmp_path_factory, photo_data_dir):
+  return _initial_vae_workdir(str(tmp_path_factory.mktemp('vae')),
+                              tiny(photos.get_config('vae'), data_dir=photo_data_dir))
 
 
 @pytest.fixture(scope='module')
@@ -225,6 +228,19 @@ def test_vae_samples_and_interpolates(vae_workdir, images_dir, tmp_path):
   assert len(os.listdir(tmp_path / 'i')) == 5
 
 
+def test_a_learned_prior_samples_at_the_training_size_only(photo_data_dir, tmp_path):
+  config = tiny(photos.get_config('vae'), data_dir=photo_data_dir)
+  config.model.bottleneck.prior = 'low_rank'
+  workdir = _initial_vae_workdir(str(tmp_path), config)
+  assert inference.load(workdir).sample(2, seed=0).shape == (2, 32, 32, 3)
+  code, _, stderr = run_cli('sample', '--workdir', workdir, '--num', 2, '--height', 16,
+                            '--output', tmp_path / 'samples')
+  assert code == 2 and stderr.strip() == (
+      "error: sample: this model's prior was learned on the latent grid of 32x32 images; "
+      'sample at that size (leave out --height and --width)')
+  assert not os.path.exists(tmp_path / 'samples')
+
+
 def test_the_importance_weighted_bound_is_tighter_than_the_elbo(vae_workdir, cae, tmp_path):
   vae = inference.load(vae_workdir)
   code, stdout, stderr = run_cli('evaluate', '--workdir', vae_workdir, '--split', 'test[:32]',
@@ -257,10 +273,10 @@ def test_the_importance_weighted_bound_is_tighter_than_the_elbo(vae_workdir, cae
 def test_a_model_that_cannot_sample_says_so(cae, cae_workdir, tmp_path):
   with pytest.raises(inference.UsageError, match=r"model 'seed\+identity\+mse' cannot sample.*can_sample is False"):
     cae.sample(2)
-  code, _, stderr = run_cli('sample', '--workdir', cae_workdir, '--output', tmp_path / 's')
+  code, _, stderr = run_cli('sample', '--workdir', cae_workdir, '--output', tmp_path / 'samples')
   assert code == 2 and stderr.startswith("error: model 'seed+identity+mse' cannot sample")
   assert len(stderr.strip().splitlines()) == 1
-  assert not os.path.exists(tmp_path / 's')
+  assert not os.path.exists(tmp_path / 'samples')
 
 
 def test_an_output_folder_of_the_inputs_is_refused(cae_workdir, images_dir):

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+from configs import cifar
 from tools import results_table
 
 
@@ -89,3 +90,32 @@ def test_a_row_counts_the_figures_its_first_eval_reruns_reproduced(cae_workdir, 
   cells = capsys.readouterr().out.splitlines()[2].strip('|').split('|')
   assert dict(zip(results_table.COLUMNS, [c.strip() for c in cells]))[
       'rerun to 1st eval'] == '5 of 5 equal (zen3), 3 of 5 equal (zen4)'
+
+
+def test_refresh_tables_replaces_the_table_after_each_command(cae_workdir, tmp_path, capsys):
+  from tools import refresh_tables
+  command = f'python tools/results_table.py seed={cae_workdir}'
+  page = tmp_path / 'page.md'
+  stale = '| run | model | parameters |\n|---|---|---|\n| seed | old | 1 |'
+  page.write_text(f'Intro.\n\nMade by `{command}`:\n\n{stale}\n\nAfter.\n', encoding='utf-8')
+  assert results_table.main([f'seed={cae_workdir}']) == 0
+  table = capsys.readouterr().out.strip()
+  assert refresh_tables.main(['refresh_tables.py', str(page)]) == 0
+  assert page.read_text(encoding='utf-8') == (
+      f'Intro.\n\nMade by `{command}`:\n\n{table}\n\nAfter.\n')
+  # A command that fails leaves the page as it was.
+  page.write_text(f'`python tools/results_table.py {tmp_path}/none`\n\n{stale}\n',
+                  encoding='utf-8')
+  before = page.read_text(encoding='utf-8')
+  assert refresh_tables.main(['refresh_tables.py', str(page)]) == 1
+  assert page.read_text(encoding='utf-8') == before
+
+
+def test_the_parameter_count_includes_a_learned_prior_over_the_training_grid():
+  config = cifar.get_config('vae')
+  standard = results_table.parameter_count(config)
+  config.model.bottleneck.prior = 'low_rank'
+  config.model.bottleneck.prior_rank = 4
+  grid = 8 * 8 * config.model.bottleneck.latent_channels  # 32x32 images, 4x downsampled.
+  # loc, log_diag and a grid x rank factor.
+  assert results_table.parameter_count(config) - standard == grid * (2 + 4)

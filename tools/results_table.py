@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from convae_jax import errors, models
+from convae_jax import errors, inference, models
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 from benchmarks import machine  # pylint: disable=wrong-import-position
@@ -49,10 +49,10 @@ def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
 
 def parameter_count(config: ml_collections.ConfigDict) -> int:
   model = models.create_model(config.model)
-  factor = 2**model.num_downsamplings
+  height, width = inference.training_image_size(config, 2**model.num_downsamplings)
   rngs = {s: jax.random.key(0) for s in ('params',) + tuple(model.rng_streams)}
   variables = jax.eval_shape(lambda: model.init(
-      rngs, jnp.zeros((1, factor, factor, model.image_channels))))
+      rngs, jnp.zeros((1, height, width, model.image_channels))))
   return sum(x.size for x in jax.tree.leaves(variables['params']))
 
 

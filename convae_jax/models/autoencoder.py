@@ -102,6 +102,10 @@ class PartsAutoencoder(base.Autoencoder):
     return self._parts['bottleneck'].can_sample
 
   @property
+  def samples_at_training_size(self) -> bool:
+    return self._parts['bottleneck'].samples_at_training_size
+
+  @property
   def num_codes(self) -> int:
     return self._parts['bottleneck'].num_codes
 

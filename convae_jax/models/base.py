@@ -11,11 +11,12 @@ A variant is a Flax linen module that subclasses `Autoencoder` and is registered
   a model with `num_codes` > 0; the trainer counts their use over the whole eval split.
 
 Per-example values let evaluation mask the padding of its last batch. A variant may also
-override `pictures(images)` to add images to every evaluation (prior samples, interpolations,
+override `pictures(images)` to add images to every evaluation (prior samples,
 interpolations), and declares what it is (see `Autoencoder`): `output_range`,
 `num_downsamplings`, `rng_streams` (PRNG streams it draws from, e.g. 'sample'),
 `image_channels`, `deterministic`, `can_sample` (it implements `sample` and `interpolate`;
-`convae_jax.inference` offers them only then), `num_codes` and `exact_input_range`.
+`convae_jax.inference` offers them only then; `samples_at_training_size` when `sample` takes
+that size only), `num_codes` and `exact_input_range`.
 Field checks use `require`.
 `latents(images)` is the latent that `decode` maps to the evaluation reconstruction
 (`encode(images, train=False)` unless overridden); `convae_jax.inference` encodes with it.
@@ -86,6 +87,11 @@ class Autoencoder(nn.Module):
   @property
   def can_sample(self) -> bool:
     """True when the model implements `sample` and `interpolate` (generation from a prior)."""
+    return False
+
+  @property
+  def samples_at_training_size(self) -> bool:
+    """True when `sample` takes the training images' size only (a prior over its grid)."""
     return False
 
   @property

@@ -82,6 +82,11 @@ class Bottleneck(nn.Module):
   rng_streams: ClassVar[tuple[str, ...]] = ()
 
   @property
+  def samples_at_training_size(self) -> bool:
+    """True when its prior is over the training size's latent grid only (can_sample)."""
+    return False
+
+  @property
   def num_codes(self) -> int:
     """Size of the discrete code book whose indices `codes` holds; 0 for none."""
     return 0

@@ -60,6 +60,10 @@ class Gaussian(parts.Bottleneck):
                  "be 0 with prior='low_rank' (its KL does not split by channel)")
     super().__post_init__()
 
+  @property
+  def samples_at_training_size(self) -> bool:
+    return self.prior == 'low_rank'
+
   def setup(self):
     self.to_moments = layers.projection(2 * self.latent_channels)
     # Training steps seen, for the KL warm-up (float so the trainer's device mean keeps it).
