@@ -76,6 +76,30 @@ def test_fsq_entropy_term_rewards_a_batch_spread_over_the_grid():
   assert output.losses['entropy'].shape == (2,)
 
 
+def test_fsq_entropy_weight_decays_to_zero_over_the_training_steps_it_names():
+  features = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  constant = models.BOTTLENECKS.create({'name': 'fsq', 'entropy_weight': 1.0})
+  variables = constant.init(jax.random.key(1), features, True, 1)
+  full = float(constant.apply(variables, features, True, 1).losses['entropy'][0])
+  decaying = models.BOTTLENECKS.create(
+      {'name': 'fsq', 'entropy_weight': 1.0, 'entropy_decay_steps': 4})
+  variables = {**variables, **decaying.init(jax.random.key(1), features, True, 1)}
+  assert float(variables['counters']['steps_seen']) == 0.0
+  seen = []
+  for _ in range(6):
+    output, updates = decaying.apply(variables, features, True, 1, mutable=['counters'])
+    variables = {**variables, **updates}
+    seen.append(float(output.losses['entropy'][0]))
+  np.testing.assert_allclose(seen, [full * w for w in (1, 0.75, 0.5, 0.25, 0, 0)], rtol=1e-5,
+                             atol=1e-7)
+  # Evaluation neither counts a step nor changes the weight.
+  output, updates = decaying.apply(variables, features, False, 1, mutable=['counters'])
+  assert float(updates['counters']['steps_seen']) == 6.0 and float(
+      output.losses['entropy'][0]) == 0.0
+  with pytest.raises(ValueError, match='entropy_decay_steps'):
+    models.BOTTLENECKS.create({'name': 'fsq', 'entropy_decay_steps': -1})
+
+
 @pytest.mark.parametrize('codebook', ['ema', 'learned'])
 def test_vq_gradients_pass_the_straight_through_estimator(codebook):
   model = _model('vqvae', bottleneck={'name': 'vq', 'num_codes': 16, 'codebook': codebook})

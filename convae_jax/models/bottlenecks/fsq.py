@@ -14,7 +14,8 @@ grid points of -|bound(z) - point_k|^2 / `entropy_temperature` (in grid steps), 
 entropy = weight * (mean over positions of H(p(. | x)) - H(mean over the global batch of
 p(. | x))), low when each position is sure of its point and the batch uses many points (with
 config.micro_batches > 1, each part's batch). It costs positions x prod(levels) distances a
-step.
+step. With `entropy_decay_steps` > 0 the weight falls linearly to 0 over that many training
+steps: the term spreads the codes while they settle, then leaves the reconstruction alone.
 """
 import math
 from typing import Sequence
@@ -83,6 +84,7 @@ class FiniteScalarQuantizer(parts.Bottleneck):
   levels: Sequence[int] = (8, 8, 8)
   entropy_weight: float = 0.0
   entropy_temperature: float = 0.5
+  entropy_decay_steps: int = 0
 
   def __post_init__(self):
     what = "model.bottleneck 'fsq'"
@@ -94,6 +96,9 @@ class FiniteScalarQuantizer(parts.Bottleneck):
                  'be >= 0 (0 = off)')
     base.require(what, 'entropy_temperature', self.entropy_temperature,
                  self.entropy_temperature > 0, 'be > 0')
+    base.require(what, 'entropy_decay_steps', self.entropy_decay_steps,
+                 base.is_int(self.entropy_decay_steps) and self.entropy_decay_steps >= 0,
+                 'be an integer >= 0 (0 = a constant weight)')
     super().__post_init__()
 
   @property
@@ -104,9 +109,21 @@ class FiniteScalarQuantizer(parts.Bottleneck):
   def splits_exactly(self) -> bool:
     return self.entropy_weight == 0  # The entropy term is of each part's batch.
 
+  def current_entropy_weight(self, train: bool) -> jax.Array | float:
+    """The entropy term's weight at this step (counting the step when `train`)."""
+    if not self.entropy_decay_steps:
+      return self.entropy_weight
+    # Training steps seen (float so the trainer's device mean keeps it).
+    steps_seen = self.variable('counters', 'steps_seen', jnp.zeros, (), jnp.float32)
+    weight = self.entropy_weight * jnp.maximum(
+        0.0, 1.0 - steps_seen.value / self.entropy_decay_steps)
+    if train and not self.is_initializing():
+      steps_seen.value += 1.0
+    return weight
+
   @nn.compact
   def __call__(self, features, train, image_dims):
-    del train, image_dims
+    del image_dims
     grid = Grid(self.levels)
     z = layers.projection(len(self.levels), name='to_code')(features)
     quantized = grid.quantize(z)
@@ -117,7 +134,7 @@ class FiniteScalarQuantizer(parts.Bottleneck):
     if self.entropy_weight:
       term = entropy_term(grid, grid.bound(z).reshape(-1, len(self.levels)),
                           self.entropy_temperature)
-      losses['entropy'] = jnp.full(codes.shape[:1], self.entropy_weight * term)
+      losses['entropy'] = jnp.full(codes.shape[:1], self.current_entropy_weight(train) * term)
     return parts.BottleneckOutput(
         latents=latents, codes=codes, losses=losses,
         # A deterministic code under a uniform prior over the grid: log(size) nats a position.
