@@ -109,6 +109,18 @@ def test_refresh_tables_replaces_the_table_after_each_command(cae_workdir, tmp_p
   before = page.read_text(encoding='utf-8')
   assert refresh_tables.main(['refresh_tables.py', str(page)]) == 1
   assert page.read_text(encoding='utf-8') == before
+  # A name in a code block below the last table is no command (backticks pair within a line).
+  layout = '```\ntools/results_table.py   the tables\n```\n'
+  page.write_text(f'Made by `{command}`:\n\n{stale}\n\n{layout}', encoding='utf-8')
+  assert refresh_tables.main(['refresh_tables.py', str(page)]) == 0
+  assert page.read_text(encoding='utf-8') == f'Made by `{command}`:\n\n{table}\n\n{layout}'
+  # A command with no table after it: one line, the page unchanged.
+  capsys.readouterr()
+  page.write_text(f'Made by `{command}`.\n', encoding='utf-8')
+  assert refresh_tables.main(['refresh_tables.py', str(page)]) == 1
+  err = capsys.readouterr().err
+  assert 'no results table' in err and len(err.strip().splitlines()) == 1
+  assert page.read_text(encoding='utf-8') == f'Made by `{command}`.\n'
 
 
 def test_the_parameter_count_includes_a_learned_prior_over_the_training_grid():

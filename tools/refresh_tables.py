@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-COMMAND = re.compile(r'`([^`]*tools/results_table\.py[^`]*)`')
+COMMAND = re.compile(r'`([^`\n]*tools/results_table\.py[^`\n]*)`')  # Within a line.
 HEADER = '| run | model |'
 
 
@@ -22,7 +22,9 @@ def refresh(text: str, root: str) -> str:
   for match in COMMAND.finditer(text):
     if match.start() < position:  # A command inside a table already replaced.
       continue
-    start = text.index(HEADER, match.end())
+    start = text.find(HEADER, match.end())
+    if start < 0:
+      raise ValueError(f'no results table ({HEADER} ...) follows {match.group(1)!r}')
     end = text.find('\n\n', start)
     end = len(text) if end < 0 else end
     table = subprocess.run(['bash', '-c', match.group(1)], cwd=root, check=True,
@@ -45,6 +47,9 @@ def main(argv: list[str]) -> int:
     new = refresh(text, root)
   except subprocess.CalledProcessError as e:
     print(f'refresh_tables: {e.cmd[-1]!r} failed:\n{e.stderr}', file=sys.stderr)
+    return 1
+  except ValueError as e:
+    print(f'refresh_tables: {argv[1]}: {e}', file=sys.stderr)
     return 1
   with open(argv[1], 'w', encoding='utf-8') as f:
     f.write(new)
