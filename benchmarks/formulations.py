@@ -30,11 +30,7 @@ from convae_jax.models import layers  # pylint: disable=wrong-import-position
 
 def parse_variant(text: str) -> tuple[str, dict]:
   name, _, fields = text.partition(':')
-  changes = {}
-  for field in filter(None, fields.split(',')):
-    key, _, value = field.partition('=')
-    changes[key] = {'True': True, 'False': False}.get(value, value)
-  return name, changes
+  return name, layers.parse_formulations(fields)
 
 
 def compiled_step(model: str, batch_size: int, backbone: dict, changes: dict):

@@ -5,6 +5,7 @@ import math
 import ml_collections
 
 from convae_jax import errors, models, paths, steps, trainer_config
+from convae_jax.models import layers
 
 
 
@@ -69,6 +70,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   if config.dtype not in trainer_config.DTYPES:
     raise ConfigError(f'config.dtype={config.dtype!r}: must be one of '
                       f'{", ".join(trainer_config.DTYPES)}')
+  try:
+    layers.parse_formulations(config.formulations)
+  except ValueError as e:
+    raise ConfigError(f'config.formulations={config.formulations!r}: {e}') from None
   try:
     model = models.create_model(config.model, config.dtype)
   except (ValueError, TypeError, AttributeError) as e:

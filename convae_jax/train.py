@@ -26,6 +26,7 @@ from clu import periodic_actions
 from convae_jax import (checkpointing, config_checks, data, distributed, errors, image_grid,
                         input_pipeline, malloc_env, paths, pixels, preemption, steps,
                         workdir as workdir_lib, writers)
+from convae_jax.models import layers
 
 
 def _num_train_steps(config, num_train_examples: int) -> int:
@@ -113,6 +114,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     with distributed.same_outcome(workdir_lib.WorkdirBusyError):
       if jax.process_index() == 0:
         stack.enter_context(workdir_lib.WorkdirLock(workdir))
+    # Every step is traced inside: the layers compute in the formulations the config names.
+    stack.enter_context(layers.formulations(**layers.parse_formulations(config.formulations)))
     return _train_locked(config, workdir, model, info, input_mode)
 
 

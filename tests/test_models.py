@@ -130,6 +130,26 @@ def test_conv_matches_flax_conv(conv, in_features, kernel_size, padding):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ours, theirs)
 
 
+@pytest.mark.parametrize('shape,features', [((2, 4, 4, 5), 6), ((3, 5, 3, 2), 4),
+                                            ((1, 1, 1, 3), 2)])
+def test_upsample_conv_is_nearest_upsampling_then_flax_conv(shape, features):
+  # The four-phase formulation (the default) and 'repeat' are both nn.Conv after 2x nearest
+  # upsampling, values and gradients, on odd sizes and a single pixel (all border).
+  x = jax.random.normal(jax.random.key(0), shape)
+  layer = layers.UpsampleConv(features)
+  params = layer.init(jax.random.key(1), x)
+  reference = lambda p, x: nn.Conv(features, (3, 3), padding=1).apply(
+      p, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+  expected, expected_grads = reference(params, x), jax.grad(loss(reference), (0, 1))(params, x)
+  for choice in ('phases', 'repeat'):
+    with layers.formulations(upsample_conv=choice):
+      np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+      grads = jax.grad(loss(layer.apply), (0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads,
+                 expected_grads)
+
+
 def test_max_pool_gradient_matches_flax_including_ties():
   x = jax.random.normal(jax.random.key(0), (2, 8, 12, 5))
   # Ties inside windows: two and three equal maxima (the first one takes the gradient).
@@ -207,15 +227,17 @@ def test_group_norm_refuses_channels_that_do_not_split_into_groups():
     layers.GroupNorm(4).init(jax.random.key(0), jnp.zeros((1, 2, 2, 6)))
 
 
-def test_resnet_backbone_computes_the_same_function_in_both_group_norms():
-  # The resnet backbone with the fused group norm and with Flax's: the same reconstructions
-  # and gradients.
+@pytest.mark.parametrize('reference', [{'group_norm': 'flax'}, {'upsample_conv': 'repeat'}],
+                         ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()))
+def test_resnet_backbone_computes_the_same_function_in_every_formulation(reference):
+  # The resnet backbone with its default layers (fused group norm, four-phase upsampling
+  # convs) and with the reference ones: the same reconstructions and gradients.
   model = models.create_model(cifar.model('resae'))
   images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
   params = model.init(jax.random.key(1), images)['params']
   loss = lambda params: jnp.mean((model.apply({'params': params}, images).reconstruction -
                                   images)**2)
-  with layers.formulations(group_norm='flax'):
+  with layers.formulations(**reference):
     expected = jax.value_and_grad(loss)(params)
   value, grads = jax.value_and_grad(loss)(params)
   np.testing.assert_allclose(value, expected[0], rtol=1e-5)

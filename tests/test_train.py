@@ -120,12 +120,36 @@ def test_resume_continues_to_the_same_parameters(cifar_config, tmp_path):
   assert os.path.exists(tmp_path / 'b' / 'config.resumed_at_step_4.json')
 
 
+def test_config_formulations_reach_every_traced_step(cifar_config, tmp_path, monkeypatch):
+  # config.formulations is how a run made before a layer's default formulation changed is
+  # rerun bitwise: the trainer's train and eval steps trace inside it.
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  from convae_jax.models import layers  # pylint: disable=g-import-not-at-top
+  traced = []
+  four_phases = layers.upsample_conv
+  monkeypatch.setattr(layers, 'upsample_conv',
+                      lambda x, kernel: traced.append(x.shape) or four_phases(x, kernel))
+  config = cifar_config(model=cifar.get_config('resae').model, num_train_steps=2,
+                        num_grid_images=0)
+  with tfds.testing.mock_data(num_examples=16):
+    train.train_and_evaluate(config, str(tmp_path / 'default'))
+    assert traced  # The default: four phases.
+    traced.clear()
+    config.formulations = 'upsample_conv=repeat'
+    train.train_and_evaluate(config, str(tmp_path / 'repeat'))
+  assert not traced
+
+
 @pytest.mark.parametrize('overrides,message', [
     ({'micro_batches': 3}, 'config.micro_batches=3 does not divide'),
     (dict(input_range=(-1.0, 1.0)), r'config.input_range=\(-1.0, 1.0\) lies outside .*\(0.0, 1.0\)'),
     (dict(batch_size=6), r'config.batch_size=6 does not divide over 4 devices'),
     (dict(eval_every_steps=0), r'config.eval_every_steps=0: must be a positive integer'),
     (dict(optimizer='lbfgs'), r"config.optimizer='lbfgs': known optimizers are adam"),
+    (dict(formulations='upsample=repeat'), r"config.formulations='upsample=repeat': "
+     r"'upsample=repeat' is not FIELD=VALUE with FIELD one of pool, "),
+    (dict(formulations='upsample_conv=nearest'), r"config.formulations='upsample_conv="
+     r"nearest': layers.Formulations: upsample_conv='nearest'; allowed: phases, repeat"),
 ])
 def test_bad_configs_are_refused_before_training(cifar_config, tmp_path, overrides, message):
   with pytest.raises(config_checks.ConfigError, match=message):

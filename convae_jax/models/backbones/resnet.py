@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from convae_jax.models import base, layers, parts
 
@@ -102,8 +101,9 @@ class ResDecoder(nn.Module):
       # Nearest-neighbour + conv3x3 rather than a k2s2 transposed conv: each output pixel
       # mixes a neighbourhood instead of one input pixel painting a 2x2 patch, which trained
       # to a lower test MSE on photo patches.
-      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-      x = conv(self.widths[i], x.shape[-1], 3, name=f'up{i}')(x)
+      init = layers.torch_default_init(x.shape[-1] * 9)
+      x = layers.UpsampleConv(self.widths[i], kernel_init=init, bias_init=init,
+                              name=f'up{i}')(x)
       for j in range(self.blocks_per_stage):
         x = ResidualBlock(self.norm, self.act, name=f'stage{i}_block{j}')(x, train)
     x = Norm(self.norm, self.act, name='norm_out')(x, train)
