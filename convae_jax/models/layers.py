@@ -60,10 +60,9 @@ _FORMULATIONS = contextvars.ContextVar('formulations', default=Formulations())
 def parse_formulations(text: str) -> dict:
   """'field=value,...' (e.g. 'upsample_conv=repeat,pooled_bias=False') -> the changes it
   makes to Formulations, checked; '' -> none. Raises ValueError naming what is wrong."""
-  changes = {}
+  changes, fields = {}, [f.name for f in dataclasses.fields(Formulations)]
   for item in filter(None, (part.strip() for part in text.split(','))):
     field, sep, value = item.partition('=')
-    fields = [f.name for f in dataclasses.fields(Formulations)]
     if not sep or field not in fields:
       raise ValueError(f'{item!r} is not FIELD=VALUE with FIELD one of {", ".join(fields)}')
     changes[field] = {'True': True, 'False': False}.get(value, value)
@@ -319,7 +318,9 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   n, h, w, _ = x.shape
   rows = jnp.asarray(PHASE_ROWS, kernel.dtype)
-  phase_kernels = jnp.einsum('aru,bsv,uvio->abrsio', rows, rows, kernel)
+  # Exact sums of kernel taps (HIGHEST: no bfloat16 passes on GPU/TPU).
+  phase_kernels = jnp.einsum('aru,bsv,uvio->abrsio', rows, rows, kernel,
+                             precision=jax.lax.Precision.HIGHEST)
   phases = [[jax.lax.conv_general_dilated(x, phase_kernels[a, b], (1, 1),
                                           ((1 - a, a), (1 - b, b)),
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
