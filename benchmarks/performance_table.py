@@ -56,18 +56,24 @@ def rows(records: dict[str, dict]) -> list[str]:
                f"{rates[best]:,.0f} ({best.removeprefix('torch_')}) | "
                f"**{r['ratio_jax_over_torch_best']:.2f}** | {RANDOM} | {_machine(r)} | "
                f"{_command(r)} |")
-  torch_run = by_kind['torch_run'][0] if by_kind['torch_run'] else None
+  # PyTorch's whole run in its fastest mode among the files; its steady rate where it has one.
+  rate = lambda run: run.get('steady_images_per_sec') or run['train_images_per_sec']
+  torch_run = max(by_kind['torch_run'], key=rate, default=None)
   steps = {row['model']: row['images_per_sec'] for s in by_kind['step'] for row in s['results']}
   for r in by_kind['launch']:
-    theirs = torch_run['train_images_per_sec'] if torch_run else None
+    theirs = rate(torch_run) if torch_run else None
+    mode = torch_run.get('mode', 'channels_last').replace('_', '-') if torch_run else None
+    epochs = torch_run and (f"epochs 2-{torch_run['epochs']} of {torch_run['epochs']}"
+                            if torch_run.get('steady_images_per_sec') else
+                            f"{torch_run['epochs']} epochs")
     step = steps.get('cae')
     against_step = f'; {r["images_per_sec"] / step:.2f}x of our step alone ({step:,.0f})' if (
         step) else ''
     out.append(f"| whole `launch.py` run, {r['num_train_steps']:,} steps of {r['batch_size']} "
                f"(median of its progress reports{against_step}) | cae | "
                f"{r['images_per_sec']:,.0f} | "
-               + (f"{theirs:,.0f} (`torch_seed_train.py`, channels-last, {torch_run['epochs']} "
-                  f"epochs) | **{r['images_per_sec'] / theirs:.2f}** |" if theirs else
+               + (f"{theirs:,.0f} (`torch_seed_train.py`, {mode}, {epochs}) | "
+                  f"**{r['images_per_sec'] / theirs:.2f}** |" if theirs else
                   'not measured | |')
                + f" {CIFAR10} | {_machine(r)} | {_command(r)}"
                + (f"; {_command(torch_run)}" if torch_run else '') + ' |')

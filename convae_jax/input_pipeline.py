@@ -30,7 +30,7 @@ from convae_jax.datasets import import_cifar10
 
 # Datasets built from files that ship with an installed package: preparing them needs no network.
 EMBEDDED_DATASETS = ('photo_patches',)
-PREFETCH_BATCHES = 4  # Train batches tf.data prepares ahead of the step.
+PREFETCH_BATCHES = 4  # Batches tf.data prepares ahead of the step (streaming.py).
 
 
 class DatasetUnavailableError(errors.UserError):
@@ -206,42 +206,39 @@ def untuned_options() -> tf.data.Options:
   return options
 
 
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of one epoch: a stateless shuffle of the indices keyed by (seed, epoch)."""
+  return tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int64),
+      seed=tf.constant([seed, epoch], dtype=tf.int64)).numpy()
+
+
 def train_batches(split: Split, *, global_batch_size: int, seed: int, start_step: int,
                   num_local_devices: int, process_index: int = 0,
                   process_count: int = 1) -> Iterator[np.ndarray]:
   """Endless uint8 batches [local devices, per-device batch, H, W, C], from `start_step`.
 
-  The pixels stay uint8 until the train step normalizes them on the device (fused into the
-  first layer there): a quarter of the bytes for tf.data to produce and for the host to copy
-  to the device, which matters on a CPU where the host shares the cores with the step
+  The global order is the epochs' orders (`epoch_order`) one after another, cut into global
+  batches (a batch may span two epochs). The pixels stay uint8 until the train step
+  normalizes them on the device (fused into the first layer there): a quarter of the bytes
+  for the host to copy to the device. Each batch is one numpy gather on the calling thread,
+  with no tf.data runtime beside the step, which shares the CPU cores with the host
   (docs/performance.md).
   Every process walks the same global index stream and gathers its own slice of each
   global batch, so the global batch is the same whatever the number of processes.
   """
-  num_examples = split.num_examples
   local_batch = global_batch_size // process_count
   per_device = local_batch // num_local_devices
-  first = start_step * global_batch_size
-  first_epoch, offset = divmod(first, num_examples)
-  images = tf.constant(split.images)
-
-  def epoch_order(epoch):
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-    return tf.data.Dataset.from_tensor_slices(order)
-
-  def gather(indices):
-    mine = indices[process_index * local_batch:(process_index + 1) * local_batch]
-    return tf.reshape(tf.gather(images, mine),
-                      (num_local_devices, per_device) + split.images.shape[1:])
-
-  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_order)
-  ds = ds.skip(offset).batch(global_batch_size, drop_remainder=True)
-  ds = ds.map(gather, num_parallel_calls=1, deterministic=True)
-  options = untuned_options()
-  options.threading.private_threadpool_size = 1  # Leave the CPU cores to XLA.
-  ds = ds.with_options(options).prefetch(PREFETCH_BATCHES)
-  return ds.as_numpy_iterator()
+  mine = slice(process_index * local_batch, (process_index + 1) * local_batch)
+  epoch, offset = divmod(start_step * global_batch_size, split.num_examples)
+  order = epoch_order(split.num_examples, seed, epoch)[offset:]
+  while True:
+    while len(order) < global_batch_size:
+      epoch += 1
+      order = np.concatenate([order, epoch_order(split.num_examples, seed, epoch)])
+    indices, order = order[:global_batch_size], order[global_batch_size:]
+    yield split.images[indices[mine]].reshape(
+        (num_local_devices, per_device) + split.images.shape[1:])
 
 
 def eval_batches(split: Split, *, global_batch_size: int, num_local_devices: int,

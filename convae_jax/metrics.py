@@ -10,6 +10,7 @@ For a model with discrete codes, `CodeCounts` counts each code's use over a whol
 eval image once), from which `code_statistics` gives codes_used (the fraction of codes used
 at least once) and code_perplexity (exp of the entropy of the usage histogram).
 """
+import functools
 from typing import Callable, ClassVar, Iterable
 
 import dm_pix
@@ -108,7 +109,14 @@ def train_collection(model_names: Iterable[str]) -> type[clu_metrics.Collection]
   `non_finite_loss` and `non_finite_grads` are the fractions of steps where they were
   NaN/Inf (never masked), `first_non_finite_step` the first such step; `skipped_steps` counts
   the steps whose update was dropped, `last_kept_step` is the last one applied.
+  The same names give the same class: totals made apart (e.g. `empty()`) then have the
+  pytree type of a compiled step's own, and pass into it without a new trace.
   """
+  return _train_collection(tuple(model_names))
+
+
+@functools.cache
+def _train_collection(model_names: tuple[str, ...]) -> type[clu_metrics.Collection]:
   averaged = ['loss', 'grad_norm', 'param_norm', 'learning_rate'] + list(model_names)
   flags = {name: UnmaskedAverage.from_output(name)
            for name in ('non_finite_loss', 'non_finite_grads')}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from convae_jax import metrics, pixels
@@ -265,22 +266,50 @@ def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: j
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple[int, ...],
-                    donate: bool = True, num_train_steps: int = 1):
+                    donate: bool = True, num_train_steps: int = 1, accumulate: bool = False):
   """`train_step` pmapped over the local devices (axis AXIS), as the trainer runs it:
   (replicated state, uint8 images [devices, batch, H, W, C], rng) -> (state, metrics).
   With `donate` the state passed in is consumed (its buffers hold the new state);
-  `num_train_steps` is the run's length (for the learning-rate schedule it logs)."""
-  metrics_cls = metrics.train_collection(metric_names(model, image_shape))
-  return jax.pmap(
-      functools.partial(train_step, model=model, metrics_cls=metrics_cls,
-                        input_range=tuple(config.input_range),
-                        skip_non_finite=config.on_non_finite == 'skip',
-                        micro_batches=micro_batches(config, model, jax.device_count(),
-                                                    jax.default_backend()),
-                        skip_grad_norm_above=config.skip_grad_norm_above,
-                        learning_rate_fn=learning_rate_schedule(config, num_train_steps),
-                        ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps),
-      axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
+  `num_train_steps` is the run's length (for the learning-rate schedule it logs).
+
+  With `accumulate` the step also carries the metric totals of the steps before it:
+  (state, totals, images, rng) -> (state, totals merged with this step's metrics), starting
+  from `train_metrics_class(...).empty()` replicated (the totals are not consumed, so the
+  caller can wait on them). The merge then runs in the step's own program rather than as one
+  more call per step, which on a CPU wakes the cores the step runs on."""
+  metrics_cls = train_metrics_class(model, image_shape)
+  step = functools.partial(
+      train_step, model=model, metrics_cls=metrics_cls, input_range=tuple(config.input_range),
+      skip_non_finite=config.on_non_finite == 'skip',
+      micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend()),
+      skip_grad_norm_above=config.skip_grad_norm_above,
+      learning_rate_fn=learning_rate_schedule(config, num_train_steps),
+      ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps)
+  if not accumulate:
+    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None),
+                    donate_argnums=(0,) if donate else ())
+
+  def step_and_merge(state, totals, images, rng):
+    state, update = step(state, images, rng)
+    return state, totals.merge(update)
+
+  return jax.pmap(step_and_merge, axis_name=AXIS, in_axes=(0, 0, 0, None),
+                  donate_argnums=(0,) if donate else ())
+
+
+def train_metrics_class(model, image_shape: tuple[int, ...]) -> type[clu_metrics.Collection]:
+  """The train step's metric collection (metrics.train_collection of the model's terms)."""
+  return metrics.train_collection(metric_names(model, image_shape))
+
+
+def replicate(tree, devices=None):
+  """`tree` copied to each of `devices` (default: the local ones) with the sharding of the
+  pmapped steps' own outputs. flax.jax_utils.replicate's arrays have another, so a step
+  first called with them compiles twice: for them, and for the state it returns."""
+  return _as_step_output(flax.jax_utils.replicate(tree, devices))
+
+
+_as_step_output = jax.pmap(lambda tree: tree, axis_name=AXIS)
 
 
 def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...]):

@@ -160,7 +160,9 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
   writer = writers.create_writer(workdir)
 
   p_train_step = steps.make_train_step(config, model, image_shape,
-                                       num_train_steps=num_train_steps)
+                                       num_train_steps=num_train_steps, accumulate=True)
+  train_metrics_cls = steps.train_metrics_class(model, image_shape)
+  no_train_metrics = lambda: steps.replicate(train_metrics_cls.empty(), devices)
   p_eval_step = steps.make_eval_step(model, input_range, image_shape)
   p_ema_weights = jax.pmap(lambda state: steps.evaluated_weights(state, config.ema_decay))
   pictures = jax.jit(lambda variables, x: model.apply(
@@ -217,17 +219,20 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
                                             first_profile=start_step + 10))
   progress = _Progress(start_step, num_train_steps, config.batch_size)
 
-  state = flax.jax_utils.replicate(state, devices)
-  train_metrics = None
+  state = steps.replicate(state, devices)
+  train_metrics = no_train_metrics()
+  two_steps_back = None  # The metrics of the step before the last.
   last_logged = last_kept = start_step
   logging.info('Training from step %d to %d', start_step, num_train_steps)
   try:
     with preemption.StopRequest() as stop:
       for step in range(start_step + 1, num_train_steps + 1):
+        # The host runs at most two steps ahead of the device: each step queued further
+        # ahead would hold its own buffers.
+        jax.block_until_ready(two_steps_back)
+        two_steps_back = train_metrics
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, update = p_train_step(state, next(train_iter), step_rng)
-        train_metrics = (update if train_metrics is None else
-                         steps.merge_metrics(train_metrics, update))
+          state, train_metrics = p_train_step(state, train_metrics, next(train_iter), step_rng)
         for hook in hooks:
           hook(step)
         is_last = step == num_train_steps
@@ -245,7 +250,7 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
                         applied_any)
           writer.write_scalars(step, {f'train/{k}': float(v) for k, v in scalars.items()
                                       if k not in ('first_non_finite_step', 'last_kept_step')})
-          train_metrics, last_logged = None, step
+          train_metrics, last_logged = no_train_metrics(), step
         if (step % config.eval_every_steps == 0 or is_last) and not stopping:
           evaluate(step, state)
         if save_now:

@@ -49,6 +49,15 @@ def test_each_epoch_is_a_seeded_permutation(fake_train_split):
   assert [i for b in other for i in _indices_of(fake_train_split, b)] != order[:24]
 
 
+def test_the_order_is_the_epochs_orders_cut_into_batches(fake_train_split):
+  # Runs depend on this order being kept: it is what a resumed or repeated run reads.
+  batches = _batches(fake_train_split, 0, 5, global_batch_size=20)  # Batches span epochs.
+  order = [i for b in batches for i in _indices_of(fake_train_split, b)]
+  expected = np.concatenate([input_pipeline.epoch_order(24, 3, e) for e in range(5)])
+  assert order == list(expected[:100])
+  assert sorted(input_pipeline.epoch_order(24, 3, 0)) == list(range(24))
+
+
 def test_start_step_continues_the_same_stream(fake_train_split):
   full = _batches(fake_train_split, 0, 7)
   resumed = _batches(fake_train_split, 4, 3)  # Starts mid-epoch 2.

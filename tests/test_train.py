@@ -59,6 +59,57 @@ def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
   assert not np.array_equal(jax.tree.leaves(parts.params)[0], jax.tree.leaves(state.params)[0])
 
 
+def test_accumulating_step_merges_the_metrics_of_every_step(cifar_config):
+  # The trainer's step carries the window's totals: the same state and the same totals as
+  # the plain step with each step's metrics merged after it.
+  config = cifar_config()
+  model = models.create_model(config.model)
+  state = steps.replicate(steps.create_train_state(
+      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+  batches = np.random.default_rng(0).integers(0, 256, (3, 4, 2, 32, 32, 3), dtype=np.uint8)
+  plain = steps.make_train_step(config, model, (32, 32, 3), donate=False)
+  accumulating = steps.make_train_step(config, model, (32, 32, 3), donate=False,
+                                       accumulate=True)
+  empty = lambda: steps.replicate(steps.train_metrics_class(model, (32, 32, 3)).empty())
+  plain_state, accumulated_state, expected, totals = state, state, None, empty()
+  for images in batches:
+    plain_state, update = plain(plain_state, images, jax.random.key(1))
+    expected = update if expected is None else expected.merge(update)
+    accumulated_state, totals = accumulating(accumulated_state, totals, images,
+                                             jax.random.key(1))
+  for a, b in zip(jax.tree.leaves(plain_state), jax.tree.leaves(accumulated_state)):
+    np.testing.assert_array_equal(a, b)
+  computed = flax.jax_utils.unreplicate(totals).compute()
+  for name, value in flax.jax_utils.unreplicate(expected).compute().items():
+    np.testing.assert_array_equal(computed[name], value, err_msg=name)
+  assert float(computed['last_kept_step']) == 3.0
+
+
+def test_the_trainer_compiles_its_train_step_once(cifar_config):
+  # steps.replicate gives the arrays the steps' output sharding, and a metric collection is
+  # one class per set of names: neither the first state nor a fresh window's totals make the
+  # step compile again.
+  config = cifar_config()
+  model = models.create_model(config.model)
+  step = steps.make_train_step(config, model, (32, 32, 3), accumulate=True)
+  empty = lambda: steps.replicate(steps.train_metrics_class(model, (32, 32, 3)).empty())
+  state, totals = steps.replicate(steps.create_train_state(
+      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3))), empty()
+  fresh_totals = empty()
+  images = np.zeros((4, 2, 32, 32, 3), np.uint8)
+  compiles = []
+  listener = lambda event, *_, **__: compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    state, totals = step(state, totals, images, jax.random.key(1))  # A window's first step,
+    state, totals = step(state, totals, images, jax.random.key(1))  # its second,
+    state, totals = step(state, fresh_totals, images, jax.random.key(1))  # the next window's.
+    state, totals = step(state, totals, images, jax.random.key(1))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles.count('/jax/core/compile/backend_compile_duration') == 1, compiles
+
+
 def test_train_step_normalizes_uint8_pixels_to_the_input_range(cifar_config):
   # The input pipeline streams uint8 pixels; the step maps them to input_range on the device,
   # the same step as on images normalized beforehand.
