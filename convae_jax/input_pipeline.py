@@ -1,4 +1,4 @@
-"""TFDS -> tf.data -> device batches: preparing a dataset, and the in-memory input mode.
+"""TFDS -> host memory -> device batches: preparing a dataset, and the in-memory input mode.
 
 In this mode (for small datasets: CIFAR-10 is 150 MB of uint8) each split is decoded once
 into host memory; streaming.py reads datasets larger than memory. Batches stay uint8; the train and eval steps normalize them on the device.
