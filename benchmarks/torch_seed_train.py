@@ -101,8 +101,8 @@ def main():
   torch.manual_seed(args.seed)
   # channels_last: the same function, about twice as fast on CPU for this model.
   model = torch_seed.SeedAutoencoder().to(memory_format=torch.channels_last)
-  images_per_sec, steady_images_per_sec = train(model, train_images, args.epochs, args.batch_size, args.seed,
-                         args.mode)
+  images_per_sec, steady_images_per_sec = train(
+      model, train_images, args.epochs, args.batch_size, args.seed, args.mode)
   test_mse, test_psnr = evaluate(model, test_images)
 
   results = {'epochs': args.epochs, 'batch_size': args.batch_size, 'seed': args.seed,
