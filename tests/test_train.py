@@ -59,6 +59,11 @@ def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
   assert not np.array_equal(jax.tree.leaves(parts.params)[0], jax.tree.leaves(state.params)[0])
 
 
+def _no_train_metrics(model):
+  """A fresh window's totals, as the trainer makes them."""
+  return steps.replicate(steps.train_metrics_class(model, (32, 32, 3)).empty())
+
+
 def test_accumulating_step_merges_the_metrics_of_every_step(cifar_config):
   # The trainer's step carries the window's totals: the same state and the same totals as
   # the plain step with each step's metrics merged after it.
@@ -70,7 +75,7 @@ def test_accumulating_step_merges_the_metrics_of_every_step(cifar_config):
   plain = steps.make_train_step(config, model, (32, 32, 3), donate=False)
   accumulating = steps.make_train_step(config, model, (32, 32, 3), donate=False,
                                        accumulate=True)
-  empty = lambda: steps.replicate(steps.train_metrics_class(model, (32, 32, 3)).empty())
+  empty = lambda: _no_train_metrics(model)
   plain_state, accumulated_state, expected, totals = state, state, None, empty()
   for images in batches:
     plain_state, update = plain(plain_state, images, jax.random.key(1))
@@ -92,7 +97,7 @@ def test_the_trainer_compiles_its_train_step_once(cifar_config):
   config = cifar_config()
   model = models.create_model(config.model)
   step = steps.make_train_step(config, model, (32, 32, 3), accumulate=True)
-  empty = lambda: steps.replicate(steps.train_metrics_class(model, (32, 32, 3)).empty())
+  empty = lambda: _no_train_metrics(model)
   state, totals = steps.replicate(steps.create_train_state(
       model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3))), empty()
   fresh_totals = empty()
