@@ -37,7 +37,8 @@ import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside th
 import torch_resnet  # pylint: disable=wrong-import-position
 import train_step  # pylint: disable=wrong-import-position
 from configs import cifar  # pylint: disable=wrong-import-position
-from convae_jax import models, torch_seed  # pylint: disable=wrong-import-position
+import torch_seed  # pylint: disable=wrong-import-position
+from convae_jax import models  # pylint: disable=wrong-import-position
 
 TORCH_MODES = ('eager', 'channels_last', 'compile')
 DEFAULT_STEPS = {'cae': 40, 'resae': 8}  # Per window: a few seconds each.
@@ -59,7 +60,7 @@ def check_same_network(variant: str, backbone: dict) -> int:
   flax_model = models.create_model(config.model)
   images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
   if variant == 'cae':
-    params = torch_seed.torch_to_flax_params(model.state_dict())
+    params = torch_seed.torch_to_flax_params(model)
   else:
     params = torch_resnet.torch_to_flax_params(model)
   expected = jax.tree.structure(

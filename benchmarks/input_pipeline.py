@@ -5,7 +5,7 @@
 Reads the split into memory (timed apart, as `load_s`), then draws `--batches` global batches
 from `input_pipeline.train_batches` through `prefetch_to_device` onto the local devices, the
 path the train loop takes; the first `--warmup` batches are not timed. Needs CIFAR-10
-prepared in --data_dir (see README.md, "Data without network").
+prepared in --data_dir (see docs/data.md, "CIFAR-10 without network").
 """
 import argparse
 import json

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds  # pylint: disable=wrong-import-position
 import torch  # pylint: disable=wrong-import-position
 
 import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
-from convae_jax import torch_seed  # pylint: disable=wrong-import-position
+import torch_seed  # pylint: disable=wrong-import-position
 
 _EVAL_BATCH = 1000
 

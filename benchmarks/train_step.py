@@ -30,12 +30,13 @@ from convae_jax import models, steps  # pylint: disable=wrong-import-position
 
 
 def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
-              dtype: str = 'float32', backbone: dict | None = None):
+              dtype: str = 'float32', backbone: dict | None = None, kernels: str = 'auto'):
   """(step function, replicated state, device batch, micro-batches used) of the trainer's
   own train step; micro_batches 0 chooses them as the trainer does (steps.micro_batches).
-  `backbone` updates the preset's config.model.backbone (e.g. {'widths': (32, 64)})."""
+  `backbone` updates the preset's config.model.backbone (e.g. {'widths': (32, 64)});
+  `kernels` is config.kernels."""
   config = cifar.get_config(variant)
-  config.batch_size, config.dtype = batch_size, dtype
+  config.batch_size, config.dtype, config.kernels = batch_size, dtype, kernels
   config.model.backbone.update(backbone or {})
   model = models.create_model(config.model, dtype)
   config.micro_batches = micro_batches  # 0: resolved below, as the trainer does.
@@ -60,10 +61,10 @@ def time_windows(run_steps, steps: int, windows: int) -> list[float]:
 
 
 def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: int,
-              micro_batches: int = 0, dtype: str = 'float32') -> dict:
+              micro_batches: int = 0, dtype: str = 'float32', kernels: str = 'auto') -> dict:
   devices = jax.local_devices()
   step, state, batch, micro_batches = make_step(variant, batch_size, devices, micro_batches,
-                                                dtype)
+                                                dtype, kernels=kernels)
   rng = jax.random.key(1)
   holder = {'state': state}
 
@@ -80,7 +81,7 @@ def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: i
   seconds = statistics.median(time_windows(run_steps, steps, windows))
   return {'model': variant, 'batch_size': batch_size, 'compile_s': round(compile_s, 2),
           'images_per_sec': round(steps * batch_size / seconds, 1), 'devices': len(devices),
-          'micro_batches': micro_batches, 'dtype': dtype}
+          'micro_batches': micro_batches, 'dtype': dtype, 'kernels': kernels}
 
 
 def main():
@@ -94,6 +95,7 @@ def main():
                       help='config.micro_batches (0: chosen as the trainer does)')
   parser.add_argument('--dtypes', default='float32', help='config.dtype values, e.g. '
                       'float32,bfloat16')
+  parser.add_argument('--kernels', default='auto', help='config.kernels (convae_jax/cpu)')
   parser.add_argument('--output', default='train_step.json')
   args = parser.parse_args()
   results = []
@@ -102,7 +104,7 @@ def main():
     for batch_size in map(int, args.batch_sizes.split(',')):
       for dtype in args.dtypes.split(','):
         r = benchmark(variant, batch_size, args.steps, args.windows, args.warmup,
-                      args.micro_batches, dtype)
+                      args.micro_batches, dtype, args.kernels)
         results.append(r)
         print(f'{variant:>10} {batch_size:>6} {dtype:>9} {r["compile_s"]:>10} '
               f'{r["images_per_sec"]:>10}', flush=True)

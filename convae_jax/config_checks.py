@@ -5,7 +5,7 @@ import math
 import ml_collections
 
 from convae_jax import errors, models, paths, steps, trainer_config
-from convae_jax.models import layers
+from convae_jax.cpu import kernels as cpu_kernels
 
 
 
@@ -71,9 +71,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(f'config.dtype={config.dtype!r}: must be one of '
                       f'{", ".join(trainer_config.DTYPES)}')
   try:
-    layers.parse_formulations(config.formulations)
+    cpu_kernels.parse(config.kernels)
   except ValueError as e:
-    raise ConfigError(f'config.formulations={config.formulations!r}: {e}') from None
+    raise ConfigError(f'config.kernels={config.kernels!r}: {e}') from None
   try:
     model = models.create_model(config.model, config.dtype)
   except (ValueError, TypeError, AttributeError) as e:

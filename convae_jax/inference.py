@@ -17,6 +17,7 @@ accepted too); they are mapped to and from the config's `input_range` here.
 """
 import dataclasses
 import glob
+import functools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import numpy as np
 
 from convae_jax import (checkpointing, config_checks, errors, image_io, models, paths, pixels,
                         steps, trainer_config)
+from convae_jax.cpu import kernels as cpu_kernels
 
 
 class UsageError(errors.UserError, ValueError):
@@ -151,14 +153,17 @@ class TrainedModel:
     self.variables = {'params': self.state.params, **self.state.model_state}
     # Keys for any random stream a model might touch outside training (fixed: reproducible).
     rngs = {name: jax.random.key(i) for i, name in enumerate(model.rng_streams)}
-    self._encode = jax.jit(lambda v, x: model.apply(v, x, method='latents', rngs=rngs))
-    self._decode = jax.jit(lambda v, z: model.apply(v, z, False, method='decode', rngs=rngs))
-    self._sample = jax.jit(
-        lambda v, r, num, h, w: model.apply(v, num, h, w, method='sample', rngs=r),
-        static_argnums=(2, 3, 4))
-    self._interpolate = jax.jit(
-        lambda v, x, y, steps: model.apply(v, x, y, steps, method='interpolate', rngs=rngs),
-        static_argnums=(3,))
+    # With the CPU kernels the run used (its config.json), so it computes as the run did.
+    traced = functools.partial(cpu_kernels.tracing_with, self.config.kernels)
+    self._encode = jax.jit(traced(lambda v, x: model.apply(v, x, method='latents', rngs=rngs)))
+    self._decode = jax.jit(traced(
+        lambda v, z: model.apply(v, z, False, method='decode', rngs=rngs)))
+    self._sample = jax.jit(traced(
+        lambda v, r, num, h, w: model.apply(v, num, h, w, method='sample', rngs=r)),
+                           static_argnums=(2, 3, 4))
+    self._interpolate = jax.jit(traced(
+        lambda v, x, y, steps: model.apply(v, x, y, steps, method='interpolate', rngs=rngs)),
+                                static_argnums=(3,))
 
   def __repr__(self) -> str:
     return (f'TrainedModel(model={self.name!r}, step={self.step}, weights={self.weights!r}, '
@@ -360,7 +365,8 @@ class TrainedModel:
     devices = jax.local_devices()
     batch = batch_size or self.config.eval_batch_size
     batch = -(-batch // len(devices)) * len(devices)
-    p_eval_step = steps.make_eval_step(self.model, self.input_range, image_shape)
+    p_eval_step = steps.make_eval_step(self.model, self.input_range, image_shape,
+                                       self.config.kernels)
     state = flax.jax_utils.replicate(self.state.replace(opt_state=None), devices)
     # The trainer's evaluation key, so a stochastic model scores as in training.
     base_rng = jax.random.split(jax.random.key(self.config.seed))[1]
@@ -370,7 +376,8 @@ class TrainedModel:
     scalars, _ = steps.evaluate(p_eval_step, state, batches(), devices, base_rng)
     if importance_samples:
       scalars['bpd_iw'] = steps.importance_weighted_bpd(
-          self.model, state, batches(), devices, base_rng, self.input_range, importance_samples)
+          self.model, state, batches(), devices, base_rng, self.input_range, importance_samples,
+          self.config.kernels)
       scalars['importance_samples'] = importance_samples
     return {**scalars, 'num_images': data.num_examples}
 

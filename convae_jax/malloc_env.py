@@ -7,7 +7,9 @@ read when the process
 starts, so `ensure()` re-executes the current command with them once, before JAX or
 TensorFlow is imported. Values already in the environment win.
 
-On unless CONVAE_MALLOC_TUNING=0. They change where buffers live, never what is computed:
+Only where JAX will compute on the CPU (`host.jax_will_use_cpu()`): a GPU or TPU host is
+never re-executed, as tf.data's many threads would share the one arena there. On unless
+CONVAE_MALLOC_TUNING=0. They change where buffers live, never what is computed:
 the train step gives bitwise the same state with or without them and whatever the alignment
 of the host arrays it starts from (tests/test_malloc_env.py), and a resumed run ends bitwise
 equal to an unstopped one with them on (docs/never_losing_work.md).
@@ -15,6 +17,8 @@ equal to an unstopped one with them on (docs/never_losing_work.md).
 import os
 import platform
 import sys
+
+from convae_jax import host
 
 SETTINGS = {
     'MALLOC_MMAP_THRESHOLD_': '1000000000000',  # Never mmap a block: reuse the heap instead.
@@ -40,10 +44,11 @@ def missing() -> dict[str, str]:
 
 def ensure(default_on: bool = True) -> None:
   """Re-executes this very command (same PID) with the settings, when they are switched on
-  (CONVAE_MALLOC_TUNING=1, or unset and `default_on`) and the process lacks them."""
+  (CONVAE_MALLOC_TUNING=1, or unset and `default_on`), JAX will compute on the CPU and the
+  process lacks them."""
   switch = os.environ.get(SWITCH)
-  if not (switch == '1' or (switch is None and default_on)):
-    return
+  if not (switch == '1' or (switch is None and default_on)) or not host.jax_will_use_cpu():
+    return  # Off, or a GPU or TPU host.
   todo = missing()
   if not todo or not getattr(sys, 'orig_argv', None):
     return  # Once re-executed, nothing is missing: no second re-execution.
@@ -57,6 +62,8 @@ def describe() -> str:
   if not applies():
     return 'not applicable (not glibc)'
   present = [f'{k}={os.environ[k]}' for k in SETTINGS if k in os.environ]
+  if not present and not host.jax_will_use_cpu():
+    return 'off (JAX computes on an accelerator here)'
   if not present:
     return f'off ({SWITCH}=0 or none set)'
   return ' '.join(present) + f' ({SWITCH}=0 turns them off)'

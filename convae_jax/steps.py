@@ -5,6 +5,7 @@ tests: the model's whole contract with training, with no TensorFlow or TFDS in i
 train step is a function of (state, batch) -> (state, metrics), with randomness a function
 of (seed, step, device) only.
 """
+import dataclasses
 import functools
 from typing import Any, Iterable
 
@@ -19,9 +20,17 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 
 from convae_jax import metrics, pixels
-from convae_jax.models import layers
+from convae_jax.cpu import kernels as cpu_kernels
 
-AXIS = layers.DEVICE_AXIS  # The pmap axis of the data-parallel devices.
+AXIS = 'batch'  # The pmap axis of the data-parallel devices.
+
+
+def on_devices(model):
+  """`model` as the pmapped steps run it: a model with an `axis_name` field (for statistics
+  of the global batch, as Flax's BatchNorm) gets the devices' axis."""
+  if 'axis_name' in {field.name for field in dataclasses.fields(model)}:
+    return model.clone(axis_name=AXIS)
+  return model
 
 
 class TrainState(train_state.TrainState):
@@ -279,22 +288,22 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
   more call per step, which on a CPU wakes the cores the step runs on."""
   metrics_cls = train_metrics_class(model, image_shape)
   step = functools.partial(
-      train_step, model=model, metrics_cls=metrics_cls, input_range=tuple(config.input_range),
+      train_step, model=on_devices(model), metrics_cls=metrics_cls, input_range=tuple(config.input_range),
       skip_non_finite=config.on_non_finite == 'skip',
       micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend()),
       skip_grad_norm_above=config.skip_grad_norm_above,
       learning_rate_fn=learning_rate_schedule(config, num_train_steps),
       ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps)
   if not accumulate:
-    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None),
-                    donate_argnums=(0,) if donate else ())
+    return jax.pmap(cpu_kernels.tracing_with(config.kernels, step), axis_name=AXIS,
+                    in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
 
   def step_and_merge(state, totals, images, rng):
     state, update = step(state, images, rng)
     return state, totals.merge(update)
 
-  return jax.pmap(step_and_merge, axis_name=AXIS, in_axes=(0, 0, 0, None),
-                  donate_argnums=(0,) if donate else ())
+  return jax.pmap(cpu_kernels.tracing_with(config.kernels, step_and_merge), axis_name=AXIS,
+                  in_axes=(0, 0, 0, None), donate_argnums=(0,) if donate else ())
 
 
 def train_metrics_class(model, image_shape: tuple[int, ...]) -> type[clu_metrics.Collection]:
@@ -312,14 +321,16 @@ def replicate(tree, devices=None):
 _as_step_output = jax.pmap(lambda tree: tree, axis_name=AXIS)
 
 
-def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...]):
+def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...],
+                   kernels: str = 'auto'):
   """`eval_step` pmapped over the local devices: (replicated state, images, mask, rng) ->
   averages of mse, psnr, ssim, loss and the model's own terms and metrics (and the code
-  counts of a model with codes)."""
+  counts of a model with codes). `kernels`: config.kernels of the run."""
   names = ['loss', 'mse', 'psnr', 'ssim'] + metric_names(model, image_shape, train=False)
-  return jax.pmap(functools.partial(eval_step, model=model, value_range=input_range,
-                                    metrics_cls=metrics.eval_collection(names, model.num_codes)),
-                  axis_name=AXIS, in_axes=(0, 0, 0, None))
+  step = functools.partial(eval_step, model=on_devices(model), value_range=input_range,
+                           metrics_cls=metrics.eval_collection(names, model.num_codes))
+  return jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
+                  in_axes=(0, 0, 0, None))
 
 
 # Replicated metric totals merged with an update in one dispatch (an eager merge is many small
@@ -370,14 +381,14 @@ def log_importance_weight_step(state: TrainState, images: jax.Array, base_rng: j
 def importance_weighted_bpd(model, state: TrainState,
                             batches: Iterable[tuple[np.ndarray, np.ndarray]], devices,
                             base_rng: jax.Array, value_range: tuple[float, float],
-                            num_samples: int) -> float:
+                            num_samples: int, kernels: str = 'auto') -> float:
   """Bits per dimension of the importance-weighted bound with `num_samples` posterior draws
   per image (IWAE, Burda et al. 2016: -log of the mean of the weights, a bound on -log p(x)
   at least as tight as the negative ELBO, and tighter as draws grow), averaged over `batches`
-  (each image once, as `evaluate`) of one process."""
-  p_step = jax.pmap(functools.partial(log_importance_weight_step, model=model,
-                                      value_range=value_range),
-                    axis_name=AXIS, in_axes=(0, 0, None))
+  (each image once, as `evaluate`) of one process. `kernels`: config.kernels of the run."""
+  step = functools.partial(log_importance_weight_step, model=model, value_range=value_range)
+  p_step = jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
+                    in_axes=(0, 0, None))
   total, count, dims = 0.0, 0, None
   for i, (images, mask) in enumerate(batches):
     dims = int(np.prod(images.shape[2:]))

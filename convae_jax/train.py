@@ -26,7 +26,7 @@ from clu import periodic_actions
 from convae_jax import (checkpointing, config_checks, data, distributed, errors, image_grid,
                         input_pipeline, malloc_env, paths, pixels, preemption, steps,
                         workdir as workdir_lib, writers)
-from convae_jax.models import layers
+from convae_jax.cpu import kernels as cpu_kernels
 
 
 def _num_train_steps(config, num_train_examples: int) -> int:
@@ -92,6 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
       {'config.train_split': config.train_split, 'config.eval_split': config.eval_split},
       config.image_size), errors.UserError)
   config, model = _built_for_channels(config, model, info.channels)
+  # Recorded resolved, so that evaluation and inference anywhere compute as this run does.
+  config = config.copy_and_resolve_references()
+  config.kernels = cpu_kernels.resolve(config.kernels)
   _check_image_shape(model, info.image_shape)
   if info.num_examples[config.train_split] is not None:  # Else checked once the data is read.
     _check_warmup(config, _num_train_steps(config, info.num_examples[config.train_split]))
@@ -114,8 +117,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     with distributed.same_outcome(workdir_lib.WorkdirBusyError):
       if jax.process_index() == 0:
         stack.enter_context(workdir_lib.WorkdirLock(workdir))
-    # Every step is traced inside: the layers compute in the formulations the config names.
-    stack.enter_context(layers.formulations(**layers.parse_formulations(config.formulations)))
     return _train_locked(config, workdir, model, info, input_mode)
 
 
@@ -163,12 +164,12 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
                                        num_train_steps=num_train_steps, accumulate=True)
   train_metrics_cls = steps.train_metrics_class(model, image_shape)
   no_train_metrics = lambda: steps.replicate(train_metrics_cls.empty(), devices)
-  p_eval_step = steps.make_eval_step(model, input_range, image_shape)
+  p_eval_step = steps.make_eval_step(model, input_range, image_shape, config.kernels)
   p_ema_weights = jax.pmap(lambda state: steps.evaluated_weights(state, config.ema_decay))
-  pictures = jax.jit(lambda variables, x: model.apply(
+  pictures = jax.jit(cpu_kernels.tracing_with(config.kernels, lambda variables, x: model.apply(
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)
                           for i, s in enumerate(model.rng_streams)},
-      method=lambda m, x: (m(x, train=False).reconstruction, m.pictures(x))))
+      method=lambda m, x: (m(x, train=False).reconstruction, m.pictures(x)))))
   grid_images = (source.grid_images(config.num_grid_images) if config.num_grid_images and
                  jax.process_index() == 0 else np.zeros((0,) + tuple(image_shape), np.uint8))
   last_eval = {}

@@ -76,10 +76,10 @@ def defaults() -> ml_collections.ConfigDict:
   # (docs/performance.md). 0 = auto (steps.micro_batches): on CPU up to 4 parts for a model
   # whose step they leave exact, 1 otherwise and on GPU/TPU.
   config.micro_batches = 0
-  # How the shared layers compute their functions, 'FIELD=VALUE,...' of layers.Formulations
-  # ('' = the fastest measured). Each choice is the same function up to float rounding: set
-  # one to rerun, bitwise, a run made before a default changed (docs/performance.md).
-  config.formulations = ''
+  # CPU kernels put in for their plain Flax twins (convae_jax/cpu): 'auto' (all of them on a
+  # CPU backend, none on GPU/TPU), 'none', or names of convae_jax.cpu.kernels.KERNELS. The
+  # run records its resolved choice in config.json; evaluation and inference compute with it.
+  config.kernels = 'auto'
   config.num_epochs = 20.0
   config.num_train_steps = -1
 

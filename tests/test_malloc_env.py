@@ -13,13 +13,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC = malloc_env.applies()
 
 
-def _probe(default_on: bool, **env_updates):
-  """The settings a fresh process has after `ensure(default_on)`."""
-  code = ('import json, os; from convae_jax import malloc_env; '
+def _probe(default_on: bool, root: str | None = None, **env_updates):
+  """The settings a fresh process has after `ensure(default_on)`; a CPU host, unless `root`
+  names a fake root whose /dev JAX would use (every accelerator plugin counts as installed)."""
+  fake = (f'host.jax_will_use_cpu = functools.partial(host.jax_will_use_cpu, root={root!r}, '
+          'platforms=("cuda", "rocm", "tpu")); ' if root else '')
+  code = ('import functools, json, os; from convae_jax import host, malloc_env; ' + fake +
           f'malloc_env.ensure(default_on={default_on}); '
           'print(json.dumps({k: os.environ.get(k) for k in malloc_env.SETTINGS}))')
   env = {k: v for k, v in os.environ.items()
          if k not in malloc_env.SETTINGS and k != malloc_env.SWITCH}
+  env['JAX_PLATFORMS'] = 'cpu'
   env.update(env_updates)
   out = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
                        text=True, check=True)
@@ -42,6 +46,20 @@ def test_on_by_default_and_off_when_switched_off():
   assert _probe(False) == NONE  # A caller may still default to off.
   if GLIBC:
     assert _probe(True) == malloc_env.SETTINGS
+
+
+@pytest.mark.skipif(not GLIBC, reason='the settings are for glibc on Linux')
+@pytest.mark.parametrize('device', ['nvidia0', 'kfd', 'accel0'])
+def test_only_where_jax_computes_on_the_cpu(tmp_path, device):
+  (tmp_path / 'dev').mkdir()
+  (tmp_path / 'dev' / device).touch()
+  accelerator, bare = str(tmp_path), str(tmp_path / 'bare')
+  # An accelerator JAX would use: no re-execution, even when switched on.
+  assert _probe(True, accelerator, JAX_PLATFORMS='') == NONE
+  assert _probe(True, accelerator, JAX_PLATFORMS='', CONVAE_MALLOC_TUNING='1') == NONE
+  # Told to compute on the CPU, or on a host without accelerators: re-executed.
+  assert _probe(True, accelerator, JAX_PLATFORMS='cpu') == malloc_env.SETTINGS
+  assert _probe(True, bare, JAX_PLATFORMS='') == malloc_env.SETTINGS
 
 
 # Three train steps of the seed as launch.py compiles them (all optimizations, its XLA flags,

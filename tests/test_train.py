@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from convae_jax import config_checks, input_pipeline, metrics, models, steps, train
+from convae_jax import (config_checks, inference, input_pipeline, metrics, models, steps,
+                        train)
 from convae_jax import pixels as pixel_values
+
+from conftest import run_cli, tiny
 
 
 def _params_allclose(a, b, **kwargs):
@@ -176,24 +179,27 @@ def test_resume_continues_to_the_same_parameters(cifar_config, tmp_path):
   assert os.path.exists(tmp_path / 'b' / 'config.resumed_at_step_4.json')
 
 
-def test_config_formulations_reach_every_traced_step(cifar_config, tmp_path, monkeypatch):
-  # config.formulations is how a run made before a layer's default formulation changed is
-  # rerun bitwise: the trainer's train and eval steps trace inside it.
-  from configs import cifar  # pylint: disable=g-import-not-at-top
-  from convae_jax.models import layers  # pylint: disable=g-import-not-at-top
-  traced = []
-  four_phases = layers.upsample_conv
-  monkeypatch.setattr(layers, 'upsample_conv',
-                      lambda x, kernel: traced.append(x.shape) or four_phases(x, kernel))
-  config = cifar_config(model=cifar.get_config('resae').model, num_train_steps=2,
-                        num_grid_images=0)
-  with tfds.testing.mock_data(num_examples=16):
-    train.train_and_evaluate(config, str(tmp_path / 'default'))
-    assert traced  # The default: four phases.
-    traced.clear()
-    config.formulations = 'upsample_conv=repeat'
-    train.train_and_evaluate(config, str(tmp_path / 'repeat'))
-  assert not traced
+def test_the_runs_cpu_kernels_are_recorded_and_its_evaluation_reproduces_bitwise(
+    photo_data_dir, tmp_path):
+  # A choice other than the default (one kernel of four): config.json records it, and
+  # `convae evaluate` computes as the run did, its last evaluation bitwise.
+  from configs import photos  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  config = tiny(photos.get_config('resae'), data_dir=photo_data_dir, num_train_steps=2,
+                eval_batch_size=128, kernels='upsample_conv')
+  train.train_and_evaluate(config, workdir)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['kernels'] == 'upsample_conv'
+  code, _, stderr = run_cli('evaluate', '--workdir', workdir, '--output', tmp_path / 'e.json')
+  assert code == 0, stderr
+  evaluated = json.load(open(tmp_path / 'e.json'))['metrics']
+  lines = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  trained = [line for line in lines if 'eval/psnr' in line][-1]
+  for name in ('mse', 'psnr', 'ssim', 'loss'):
+    assert evaluated[name] == trained[f'eval/{name}'], name
+  # The kernels change the last bits: the equality above is not a coincidence.
+  other = inference.load(workdir)
+  other.config.kernels = 'none'
+  assert other.evaluate(batch_size=128)['mse'] != evaluated['mse']
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -202,10 +208,8 @@ def test_config_formulations_reach_every_traced_step(cifar_config, tmp_path, mon
     (dict(batch_size=6), r'config.batch_size=6 does not divide over 4 devices'),
     (dict(eval_every_steps=0), r'config.eval_every_steps=0: must be a positive integer'),
     (dict(optimizer='lbfgs'), r"config.optimizer='lbfgs': known optimizers are adam"),
-    (dict(formulations='upsample=repeat'), r"config.formulations='upsample=repeat': "
-     r"'upsample=repeat' is not FIELD=VALUE with FIELD one of pool, "),
-    (dict(formulations='upsample_conv=nearest'), r"config.formulations='upsample_conv="
-     r"nearest': layers.Formulations: upsample_conv='nearest'; allowed: phases, repeat"),
+    (dict(kernels='upsample'), r"config.kernels='upsample': 'upsample' is not a CPU kernel; "
+     r"use auto, none, or names from: pooled_conv, "),
 ])
 def test_bad_configs_are_refused_before_training(cifar_config, tmp_path, overrides, message):
   with pytest.raises(config_checks.ConfigError, match=message):

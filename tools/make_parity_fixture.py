@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import torch
 
-from convae_jax import torch_seed
+from benchmarks import torch_seed
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 

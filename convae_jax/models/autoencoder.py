@@ -47,6 +47,9 @@ class PartsAutoencoder(base.Autoencoder):
   # and likelihood compute in float32 on its outputs (vector quantization in bfloat16 is known
   # to lose codes).
   dtype: str = 'float32'
+  # The mapped axis of the data-parallel devices, handed to the bottleneck (set by the train
+  # step, as for Flax's BatchNorm; None: one device).
+  axis_name: str | None = None
 
   def __post_init__(self):
     built = {}
@@ -125,7 +128,9 @@ class PartsAutoencoder(base.Autoencoder):
         backbone.decoder(likelihood.decoder_channels(self.image_channels)), self.dtype,
         initializing)
     # Parameter names as in earlier versions' single-file models, so their workdirs load.
-    self.bottleneck_part = self._parts['bottleneck'].clone()
+    bottleneck = self._parts['bottleneck']
+    self.bottleneck_part = (bottleneck.clone(axis_name=self.axis_name)
+                            if hasattr(bottleneck, 'axis_name') else bottleneck.clone())
     self.likelihood_part = likelihood.clone()
     self.corruption_part = self._parts['corruption'].clone()
 

@@ -10,7 +10,7 @@ the clean one.
 import jax
 import jax.numpy as jnp
 
-from convae_jax.models import base, layers, parts
+from convae_jax.models import base, parts
 
 
 @parts.CORRUPTIONS.register('none')
@@ -32,8 +32,7 @@ class GaussianNoise(parts.Corruption):
   def __call__(self, images, value_range):
     low, high = value_range
     noise = jax.random.normal(self.make_rng('noise'), images.shape)
-    # Drawn once: XLA would otherwise redraw the noise in each of the first conv's taps.
-    return layers.stored_once(jnp.clip(images + self.std * (high - low) * noise, low, high))
+    return jnp.clip(images + self.std * (high - low) * noise, low, high)
 
 
 @parts.CORRUPTIONS.register('mask')
@@ -46,4 +45,4 @@ class PixelMask(parts.Corruption):
 
   def __call__(self, images, value_range):
     keep = jax.random.bernoulli(self.make_rng('noise'), 1.0 - self.prob, images.shape[:-1] + (1,))
-    return layers.stored_once(jnp.where(keep, images, value_range[0]))
+    return jnp.where(keep, images, value_range[0])

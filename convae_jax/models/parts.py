@@ -160,7 +160,7 @@ def part_config(parts_registry: registry.Registry, name: str,
   hints = typing.get_type_hints(cls)
   config = ml_collections.ConfigDict({'name': name})
   for field in dataclasses.fields(cls):
-    if field.name in ('parent', 'name'):
+    if field.name in registry.NOT_SETTINGS:
       continue
     value = settings.pop(field.name, field.default)
     if value is None:

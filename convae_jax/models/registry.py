@@ -28,9 +28,13 @@ def _same_definition(a: type, b: type) -> bool:
                     _source_file(a) == _source_file(b))
 
 
+# Fields that are not settings: Flax's own, and the device axis the train step sets.
+NOT_SETTINGS = ('parent', 'name', 'axis_name')
+
+
 def settings_of(cls: type) -> list[str]:
-  """The settings a registered class takes: its dataclass fields, less Flax's own."""
-  return sorted(f.name for f in dataclasses.fields(cls) if f.name not in ('parent', 'name'))
+  """The settings a registered class takes: its dataclass fields, less NOT_SETTINGS."""
+  return sorted(f.name for f in dataclasses.fields(cls) if f.name not in NOT_SETTINGS)
 
 
 class Registry:

@@ -1,8 +1,6 @@
 """`seed`: the seed PyTorch model's convolutions (a Flax port of the CIFAR-10 autoencoder).
 
 encoder: conv3x3(16) -> SELU -> maxpool2 -> conv3x3(32) -> SELU -> maxpool2   (HxW -> H/4xW/4)
-(computed as conv -> maxpool -> SELU: the same function, since SELU is increasing; the
-conv layer pools, see layers.Conv)
 decoder: convT2x2/2(16) -> ReLU -> convT2x2/2(out)     (the likelihood adds the Sigmoid)
 `features` are the encoder widths; the decoder mirrors them. Any H, W divisible by 4.
 """
@@ -11,6 +9,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from convae_jax.models import base, layers, parts
 
@@ -22,10 +21,9 @@ class ConvEncoder(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No train-time behaviour (no dropout or batch norm).
     for i, width in enumerate(self.features):
-      # Pooling before SELU is the same function (SELU is increasing) on 4x fewer values.
-      x = layers.torch_conv(width, x.shape[-1], kernel_size=3, padding=1, pool_window=2,
-                            name=f'conv{i + 1}')(x)
-      x = nn.selu(x)
+      init = layers.torch_default_init(x.shape[-1] * 3 * 3)
+      x = layers.PooledConv(width, (3, 3), padding=1, window=2, activation=nn.selu,
+                            kernel_init=init, bias_init=init, name=f'conv{i + 1}')(x)
     return x
 
 
@@ -37,7 +35,10 @@ class ConvDecoder(nn.Module):
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     del train
     for i, width in enumerate(self.features):
-      z = layers.PatchConvTranspose(width, stride=2, name=f'deconv{i + 1}')(z)
+      # PyTorch computes ConvTranspose2d's fan_in from its weight's dim 1: the output width.
+      init = layers.torch_default_init(width * 2 * 2)
+      z = nn.ConvTranspose(width, (2, 2), strides=(2, 2), padding='VALID', kernel_init=init,
+                           bias_init=init, name=f'deconv{i + 1}')(z)
       if i + 1 < len(self.features):
         z = nn.relu(z)
     return z
@@ -64,3 +65,27 @@ class SeedBackbone(parts.Backbone):
 
   def decoder(self, out_channels: int) -> nn.Module:
     return ConvDecoder(tuple(self.features[-2::-1]) + (out_channels,))
+
+
+# Flax (module, layer) <- the layer's name prefix in the PyTorch seed's state dict.
+TORCH_LAYERS = {('encoder', 'conv1'): 'encoder.0', ('encoder', 'conv2'): 'encoder.3',
+                ('decoder', 'deconv1'): 'decoder.0', ('decoder', 'deconv2'): 'decoder.2'}
+
+
+def params_from_torch(arrays) -> dict:
+  """The PyTorch seed's weights (numpy arrays under their state-dict names) as the params
+  tree of the `cae` preset (backbone 'seed', features (16, 32)).
+
+  Conv2d [out, in, kh, kw] -> [kh, kw, in, out] (both cross-correlate). ConvTranspose2d
+  [in, out, kh, kw] -> [kh, kw, in, out], flipped along kh and kw: with kernel == stride torch
+  computes out[k*i + a, k*j + b] = x[i, j] @ weight[:, :, a, b], and nn.ConvTranspose
+  x[i, j] @ kernel[k-1-a, k-1-b].
+  """
+  params = {}
+  for (module, layer), prefix in TORCH_LAYERS.items():
+    weight = np.asarray(arrays[f'{prefix}.weight'])
+    kernel = (weight.transpose(2, 3, 1, 0) if layer.startswith('conv') else
+              weight.transpose(2, 3, 0, 1)[::-1, ::-1])
+    params.setdefault(module, {})[layer] = {'kernel': np.ascontiguousarray(kernel),
+                                            'bias': np.asarray(arrays[f'{prefix}.bias'])}
+  return params

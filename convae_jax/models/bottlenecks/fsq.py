@@ -65,16 +65,18 @@ class Grid:
     return (digits - self.half_width) / self.half_width
 
 
-def entropy_term(grid: Grid, bounded: jax.Array, temperature: float) -> jax.Array:
+def entropy_term(grid: Grid, bounded: jax.Array, temperature: float,
+                 axis_name: str | None = None) -> jax.Array:
   """Mean per-position entropy minus the global batch's entropy, in nats (a scalar), of the
-  soft assignments of `bounded` values [n, len(levels)] (in grid steps) to the grid's points."""
+  soft assignments of `bounded` values [n, len(levels)] (in grid steps) to the grid's points;
+the batch is reduced over the devices of `axis_name`."""
   points = grid.points(jnp.arange(grid.size)) * grid.half_width
   distances = (jnp.sum(bounded**2, axis=1, keepdims=True) - 2.0 * bounded @ points.T +
                jnp.sum(points**2, axis=1)[None, :])
   log_p = jax.nn.log_softmax(-distances / temperature, axis=1)
   p = jnp.exp(log_p)
   per_position = -jnp.mean(jnp.sum(p * log_p, axis=1))
-  batch_p = layers.device_mean(jnp.mean(p, axis=0))
+  batch_p = layers.device_mean(jnp.mean(p, axis=0), axis_name)
   batch = -jnp.sum(batch_p * jnp.log(jnp.maximum(batch_p, 1e-12)))
   return per_position - batch
 
@@ -85,6 +87,9 @@ class FiniteScalarQuantizer(parts.Bottleneck):
   entropy_weight: float = 0.0
   entropy_temperature: float = 0.5
   entropy_decay_steps: int = 0
+  # The mapped axis of the data-parallel devices (set by the train step, as for Flax's
+  # BatchNorm): the entropy term's batch is the global batch. None: one device.
+  axis_name: str | None = None
 
   def __post_init__(self):
     what = "model.bottleneck 'fsq'"
@@ -133,7 +138,7 @@ class FiniteScalarQuantizer(parts.Bottleneck):
     losses = {}
     if self.entropy_weight:
       term = entropy_term(grid, grid.bound(z).reshape(-1, len(self.levels)),
-                          self.entropy_temperature)
+                          self.entropy_temperature, self.axis_name)
       losses['entropy'] = jnp.full(codes.shape[:1], self.current_entropy_weight(train) * term)
     return parts.BottleneckOutput(
         latents=latents, codes=codes, losses=losses,

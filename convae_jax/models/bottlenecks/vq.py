@@ -17,8 +17,8 @@ Against dead codes (state in the 'vq' collection, checkpointed):
   falls below `dead_code_threshold / num_codes` is moved onto one of the batch's encoder
   outputs that the codebook represents worst (largest quantization error), and its share
   reset to 1/num_codes.
-Statistics, initialization and restarts use the whole global batch (reduced across the
-trainer's devices), so every device holds the same codebook: 4 devices give what 1 does.
+Statistics, initialization and restarts use the whole global batch (reduced over
+`axis_name`), so every device holds the same codebook: 4 devices give what 1 does.
 With config.micro_batches > 1 each part proposes its own restart vectors, which the
 trainer's part average blends.
 Distances are computed in float32.
@@ -64,6 +64,9 @@ class VectorQuantizer(parts.Bottleneck):
   restart_dead_codes: bool = True
   dead_code_threshold: float = 0.1
   usage_decay: float = 0.9
+  # The mapped axis of the data-parallel devices (set by the train step, as for Flax's
+  # BatchNorm): codebook statistics are of the global batch. None: one device.
+  axis_name: str | None = None
 
   @property
   def splits_exactly(self) -> bool:
@@ -101,7 +104,7 @@ class VectorQuantizer(parts.Bottleneck):
     updating = train and not self.is_initializing()
     if updating and self.init_from_data:
       data_codebook = self._normalized(evenly_spread_rows(
-          jax.lax.stop_gradient(layers.device_concat(flat)), self.num_codes))
+          jax.lax.stop_gradient(layers.device_concat(flat, self.axis_name)), self.num_codes))
       codebook = jnp.where(codebook_variables['initialized'].value > 0, codebook,
                            data_codebook)
     codes, errors = nearest_codes(jax.lax.stop_gradient(flat), codebook)
@@ -164,13 +167,13 @@ class VectorQuantizer(parts.Bottleneck):
     """Moving averages, then restarts of dead codes, from the global batch."""
     k = self.num_codes
     one_hot = jax.nn.one_hot(codes, k, dtype=jnp.float32)
-    share = layers.device_mean(jnp.mean(one_hot, axis=0))
+    share = layers.device_mean(jnp.mean(one_hot, axis=0), self.axis_name)
     was_initialized = variables['initialized'].value > 0
     usage = jnp.where(was_initialized, variables['usage'].value, 1.0 / k)
     usage = self.usage_decay * usage + (1.0 - self.usage_decay) * share
     if self.codebook == 'ema':
       decay = self.ema_decay
-      assigned = layers.device_mean(one_hot.T @ jax.lax.stop_gradient(flat)) / flat.shape[0]
+      assigned = layers.device_mean(one_hot.T @ jax.lax.stop_gradient(flat), self.axis_name) / flat.shape[0]
       cluster_size = jnp.where(was_initialized, variables['cluster_size'].value, 1.0 / k)
       cluster_size = decay * cluster_size + (1.0 - decay) * share
       embed_sum = jnp.where(was_initialized, variables['embed_sum'].value, codebook / k)
@@ -179,8 +182,8 @@ class VectorQuantizer(parts.Bottleneck):
     if self.restart_dead_codes:
       dead = was_initialized & (usage < self.dead_code_threshold / k)
       # The global batch's worst-represented vectors, worst first, one per dead code.
-      all_flat = jax.lax.stop_gradient(layers.device_concat(flat))
-      all_errors = layers.device_concat(errors)
+      all_flat = jax.lax.stop_gradient(layers.device_concat(flat, self.axis_name))
+      all_errors = layers.device_concat(errors, self.axis_name)
       worst = jax.lax.top_k(all_errors, min(k, all_errors.shape[0]))[1]
       rank = jnp.clip(jnp.cumsum(dead) - 1, 0, worst.shape[0] - 1)
       candidates = self._normalized(all_flat[worst[rank]])

@@ -1,14 +1,13 @@
-"""A preset's train step under several layer formulations, A/B in one process.
+"""A preset's train step under several CPU kernel sets (config.kernels), A/B in one process.
 
-    python benchmarks/formulations.py --model resae --variant fused: --variant flax:group_norm=flax
-    python benchmarks/formulations.py --model resae --widths 32,64 --variant fused: \
-        --variant flax:group_norm=flax
+    python benchmarks/cpu_kernels.py --model resae --variant cpu:auto --variant plain:none
+    python benchmarks/cpu_kernels.py --model resae --widths 32,64 --variant cpu:auto \
+        --variant no_group_norm:pooled_conv,conv_transpose,upsample_conv
 
-Each `--variant NAME:FIELD=VALUE,...` sets fields of layers.Formulations (none: the defaults).
-Every variant is compiled ahead of time under its formulations (pmap traces again on a later
-call, so a step merely called under them would measure the defaults), then windows alternate
-between the variants so that machine noise hits all of them; prints and writes the median
-window of each. Random uint8 images; the trainer's defaults otherwise, as launch.py runs them.
+Each `--variant NAME:KERNELS` names a config.kernels value. Every variant is compiled ahead of
+time, then windows alternate between the variants so that machine noise hits all of them;
+prints and writes the median window of each. Random uint8 images; the trainer's defaults
+otherwise, as launch.py runs them.
 """
 import argparse
 import json
@@ -25,20 +24,20 @@ import jax  # pylint: disable=wrong-import-position
 
 import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
 import train_step  # pylint: disable=wrong-import-position
-from convae_jax.models import layers  # pylint: disable=wrong-import-position
+from convae_jax.cpu import kernels as cpu_kernels  # pylint: disable=wrong-import-position
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-  name, _, fields = text.partition(':')
-  return name, layers.parse_formulations(fields)
+def parse_variant(text: str) -> tuple[str, str]:
+  name, _, kernels = text.partition(':')
+  cpu_kernels.parse(kernels)
+  return name, kernels
 
 
-def compiled_step(model: str, batch_size: int, backbone: dict, changes: dict):
-  with layers.formulations(**changes):
-    step, state, batch, micro_batches = train_step.make_step(
-        model, batch_size, jax.local_devices(), backbone=backbone)
-    rng = jax.random.key(1)
-    compiled = step.lower(state, batch, rng).compile()
+def compiled_step(model: str, batch_size: int, backbone: dict, kernels: str):
+  step, state, batch, micro_batches = train_step.make_step(
+      model, batch_size, jax.local_devices(), backbone=backbone, kernels=kernels)
+  rng = jax.random.key(1)
+  compiled = step.lower(state, batch, rng).compile()
   holder = {'state': state}
 
   def run(n):
@@ -58,12 +57,12 @@ def main():
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=8)
   parser.add_argument('--windows', type=int, default=9)
-  parser.add_argument('--output', default='formulations.json')
+  parser.add_argument('--output', default='cpu_kernels.json')
   args = parser.parse_args()
   backbone = {'widths': tuple(map(int, args.widths.split(',')))} if args.widths else {}
   runs, micro_batches = {}, None
-  for name, changes in map(parse_variant, args.variant):
-    runs[name], micro_batches = compiled_step(args.model, args.batch_size, backbone, changes)
+  for name, kernels in map(parse_variant, args.variant):
+    runs[name], micro_batches = compiled_step(args.model, args.batch_size, backbone, kernels)
     runs[name](3)  # Warm up.
   seconds = {name: [] for name in runs}
   for _ in range(args.windows):
