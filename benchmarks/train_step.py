@@ -26,7 +26,7 @@ import numpy as np
 
 import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
 from configs import cifar  # pylint: disable=wrong-import-position
-from convae_jax import models, steps  # pylint: disable=wrong-import-position
+from convae_jax import models, optimizer, steps  # pylint: disable=wrong-import-position
 
 
 def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
@@ -41,7 +41,7 @@ def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
   model = models.create_model(config.model, dtype)
   config.micro_batches = micro_batches  # 0: resolved below, as the trainer does.
   config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend())
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = steps.make_train_step(config, model, (32, 32, 3))
   images = np.random.default_rng(0).integers(

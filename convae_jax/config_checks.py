@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from convae_jax import errors, models, paths, steps, trainer_config
+from convae_jax import errors, models, optimizer, paths, trainer_config
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -103,9 +103,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
   if config.micro_batches and (config.batch_size // num_devices) % config.micro_batches:
     raise ConfigError(f'config.micro_batches={config.micro_batches} does not divide the '
                       f'{config.batch_size // num_devices} images per device; use a divisor')
-  if config.optimizer not in steps.OPTIMIZERS:
+  if config.optimizer not in optimizer.OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
-                      f'{", ".join(steps.OPTIMIZERS)}')
+                      f'{", ".join(optimizer.OPTIMIZERS)}')
   if config.schedule not in trainer_config.SCHEDULES:
     raise ConfigError(f'config.schedule={config.schedule!r}: known schedules are '
                       f'{", ".join(trainer_config.SCHEDULES)}')

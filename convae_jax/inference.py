@@ -28,8 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from convae_jax import (checkpointing, config_checks, errors, image_io, models, paths, pixels,
-                        steps, trainer_config)
+from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, models,
+                        optimizer, paths, pixels, steps, trainer_config)
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -114,7 +114,7 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
   # At the training size: a learned prior's parameters are shaped by the latent grid.
   channels = model.image_channels
   target = steps.abstract_train_state(
-      model, steps.create_optimizer(config),
+      model, optimizer.create_optimizer(config),
       (*training_image_size(config, 2**model.num_downsamplings), channels), config.ema_decay)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   try:
@@ -373,9 +373,9 @@ class TrainedModel:
     batches = lambda: input_pipeline.eval_batches(
         data, global_batch_size=batch, num_local_devices=len(devices),
         process_index=jax.process_index(), process_count=jax.process_count())
-    scalars, _ = steps.evaluate(p_eval_step, state, batches(), devices, base_rng)
+    scalars, _ = evaluation.evaluate(p_eval_step, state, batches(), devices, base_rng)
     if importance_samples:
-      scalars['bpd_iw'] = steps.importance_weighted_bpd(
+      scalars['bpd_iw'] = evaluation.importance_weighted_bpd(
           self.model, state, batches(), devices, base_rng, self.input_range, importance_samples,
           self.config.kernels)
       scalars['importance_samples'] = importance_samples

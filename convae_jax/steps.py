@@ -1,5 +1,6 @@
-"""The train state and the compiled steps, shared by the trainer, inference, benchmarks and
-tests: the model's whole contract with training, with no TensorFlow or TFDS in it.
+"""The train state and the pmapped train and eval steps, shared by the trainer, inference,
+benchmarks and tests: the model's whole contract with training, with no TensorFlow or TFDS
+in it (the optimizer: optimizer.py; evaluation over a split: evaluation.py).
 
 `make_train_step` and `make_eval_step` give the pmapped steps as the trainer runs them; a
 train step is a function of (state, batch) -> (state, metrics), with randomness a function
@@ -7,19 +8,18 @@ of (seed, step, device) only.
 """
 import dataclasses
 import functools
-from typing import Any, Iterable
+from typing import Any
 
 import flax
 import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from clu import metrics as clu_metrics
 from flax.training import train_state
 
-from convae_jax import metrics, pixels
+from convae_jax import metrics, optimizer, pixels
 from convae_jax.cpu import kernels as cpu_kernels
 
 AXIS = 'batch'  # The pmap axis of the data-parallel devices.
@@ -63,70 +63,6 @@ def evaluated_weights(state: TrainState, decay: float, weights: str = 'ema') -> 
   return state
 
 
-# config.optimizer: its optax optimizer, from the learning rate (a schedule) and the config.
-OPTIMIZERS = {
-    'adam': lambda lr, c: optax.adam(lr, c.adam_b1, c.adam_b2, c.adam_eps),
-    'adamw': lambda lr, c: optax.adamw(lr, c.adam_b1, c.adam_b2, c.adam_eps,
-                                       weight_decay=c.weight_decay, mask=decays_weight),
-    'sgd': lambda lr, c: optax.sgd(lr, momentum=c.momentum or None),
-}
-
-
-def decays_weight(params) -> Any:
-  """The weight-decay mask: True for kernels, False for biases, norm scales and codebooks."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
-
-
-def warmup_steps(config: ml_collections.ConfigDict, num_train_steps: int) -> int:
-  if config.warmup_fraction > 0:
-    return int(round(config.warmup_fraction * num_train_steps))
-  return config.warmup_steps
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict,
-                           num_train_steps: int) -> optax.Schedule:
-  """The learning rate as a function of the step (config.schedule), from optax's schedules."""
-  peak, end = config.learning_rate, config.end_learning_rate
-  warmup = warmup_steps(config, num_train_steps)
-  ramp = optax.linear_schedule(0.0, peak, max(warmup, 1))
-  if config.schedule == 'constant':
-    return optax.warmup_constant_schedule(0.0, peak, warmup) if warmup else (
-        optax.constant_schedule(peak))
-  if config.schedule == 'warmup_cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, num_train_steps, end)
-  if config.schedule == 'warmup_linear':
-    decay = optax.linear_schedule(peak, end, max(num_train_steps - warmup, 1))
-  else:  # warmup_rsqrt: peak / sqrt(1 + steps since the warm-up / its length).
-    timescale = max(warmup, 1)
-    decay = lambda count: peak * jax.lax.rsqrt(1.0 + count / timescale)
-  return optax.join_schedules([ramp, decay], [warmup])
-
-
-def create_optimizer(config: ml_collections.ConfigDict,
-                     num_train_steps: int = 1) -> optax.GradientTransformation:
-  """The optimizer of `config` for a run of `num_train_steps` (its schedule's length; the
-  optimizer state's structure does not depend on it).
-
-  With accumulate_steps = k > 1, optax.MultiSteps averages the gradients of k steps and
-  updates once; the schedule stays a function of the train step (update u runs at the rate
-  of step u * k), and the state holds the partial sum, so a checkpoint between the k resumes
-  exactly.
-  """
-  k = config.accumulate_steps
-  plain = config.schedule == 'constant' and not warmup_steps(config, num_train_steps)
-  # A constant rate stays a number: the optimizer state of earlier runs, which restores.
-  schedule = learning_rate_schedule(config, num_train_steps)
-  learning_rate = config.learning_rate if plain else (
-      schedule if k == 1 else lambda update: schedule(update * k))
-  tx = OPTIMIZERS[config.optimizer](learning_rate, config)
-  if config.grad_clip_norm > 0:  # Of the accumulated gradient, as of one large batch's.
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  if k > 1:
-    tx = optax.MultiSteps(tx, k).gradient_transformation()
-  return tx
-
-
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                        image_shape: tuple[int, ...], ema_decay: float = 0.0) -> TrainState:
   """A fresh state; with `ema_decay` > 0 an EmaTrainState."""
@@ -168,7 +104,7 @@ def micro_batches(config: ml_collections.ConfigDict, model, num_devices: int,
                if per_device % k == 0 and per_device // k >= MIN_AUTO_PART), 1)
 
 
-def _step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+def step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
   """Keys for the model's random streams: a function of (seed, step, device) only."""
   rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), jax.lax.axis_index(AXIS))
   return {name: jax.random.fold_in(rng, i) for i, name in enumerate(model.rng_streams)}
@@ -202,7 +138,7 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   EMA of the weights moves after each update (with `accumulate_steps` = k > 1, after every
   k-th step, when the optimizer updates).
   """
-  step_rngs = _step_rngs(model, base_rng, state.step)
+  rngs_of_step = step_rngs(model, base_rng, state.step)
   images = pixels.model_input(images, input_range)
 
   def loss_fn(params, images, rngs):
@@ -217,7 +153,8 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
 
   parts = []
   for i, part in enumerate(jnp.split(images, micro_batches)):
-    rngs = step_rngs if i == 0 else {k: jax.random.fold_in(r, i) for k, r in step_rngs.items()}
+    rngs = rngs_of_step if i == 0 else {k: jax.random.fold_in(r, i)
+                                        for k, r in rngs_of_step.items()}
     parts.append(jax.value_and_grad(loss_fn, has_aux=True)(state.params, part, rngs))
   mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
   (loss, (values, model_state)), grads = jax.tree.map(
@@ -264,7 +201,7 @@ def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: j
   """Per-image metrics of one eval batch; `mask` drops the padding of the last batch."""
   images = pixels.model_input(images, value_range)
   output, _ = _apply(model, state, state.params, images, train=False,
-                     rngs=_step_rngs(model, base_rng, state.step))
+                     rngs=step_rngs(model, base_rng, state.step))
   values = metrics.image_metrics(output.reconstruction, images, value_range)
   values['loss'] = sum(output.losses.values())
   values.update({f'loss_{name}': term for name, term in output.losses.items()})
@@ -292,7 +229,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
       skip_non_finite=config.on_non_finite == 'skip',
       micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend()),
       skip_grad_norm_above=config.skip_grad_norm_above,
-      learning_rate_fn=learning_rate_schedule(config, num_train_steps),
+      learning_rate_fn=optimizer.learning_rate_schedule(config, num_train_steps),
       ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps)
   if not accumulate:
     return jax.pmap(cpu_kernels.tracing_with(config.kernels, step), axis_name=AXIS,
@@ -333,29 +270,6 @@ def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[i
                   in_axes=(0, 0, 0, None))
 
 
-# Replicated metric totals merged with an update in one dispatch (an eager merge is many small
-# ops); the totals passed in are consumed.
-merge_metrics = jax.pmap(lambda totals, update: totals.merge(update), donate_argnums=(0,))
-
-
-def evaluate(p_eval_step, state: TrainState, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-             devices, base_rng: jax.Array) -> tuple[dict[str, float], np.ndarray | None]:
-  """Metrics of the replicated `state` over `batches` of (images, mask) [devices, batch, ...]
-  (input_pipeline.eval_batches: a whole split, each image once), and for a model with codes
-  each code's use over them (with codes_used and code_perplexity among the metrics)."""
-  totals = None
-  for i, (images, mask) in enumerate(flax.jax_utils.prefetch_to_device(batches, 2, devices)):
-    # Each batch its own key: a model's noise or posterior sample does not repeat per batch.
-    update = p_eval_step(state, images, mask, jax.random.fold_in(base_rng, i))
-    totals = update if totals is None else merge_metrics(totals, update)
-  results = jax.device_get(flax.jax_utils.unreplicate(totals).compute())
-  counts = results.pop('code_counts', None)
-  scalars = {k: float(v) for k, v in results.items()}
-  if counts is not None:
-    scalars.update({k: float(v) for k, v in metrics.code_statistics(np.asarray(counts)).items()})
-  return scalars, counts
-
-
 def metric_names(model, image_shape: tuple[int, ...], train: bool = True) -> list[str]:
   """Names of the model's loss terms (as 'loss_NAME') and metrics, read off its output (in
   training, also the per-batch code statistics of a model with codes)."""
@@ -367,36 +281,3 @@ def metric_names(model, image_shape: tuple[int, ...], train: bool = True) -> lis
   if train and output.codes is not None:
     names += [f'batch_{name}' for name in ('codes_used', 'code_perplexity')]
   return names
-
-
-def log_importance_weight_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *,
-                               model, value_range: tuple[float, float]) -> jax.Array:
-  """The model's log importance weight of each uint8 image at one posterior draw [batch]."""
-  return model.apply({'params': state.params, **state.model_state},
-                     pixels.model_input(images, value_range),
-                     rngs=_step_rngs(model, base_rng, state.step),
-                     method=lambda m, x: m.log_importance_weight(x))
-
-
-def importance_weighted_bpd(model, state: TrainState,
-                            batches: Iterable[tuple[np.ndarray, np.ndarray]], devices,
-                            base_rng: jax.Array, value_range: tuple[float, float],
-                            num_samples: int, kernels: str = 'auto') -> float:
-  """Bits per dimension of the importance-weighted bound with `num_samples` posterior draws
-  per image (IWAE, Burda et al. 2016: -log of the mean of the weights, a bound on -log p(x)
-  at least as tight as the negative ELBO, and tighter as draws grow), averaged over `batches`
-  (each image once, as `evaluate`) of one process. `kernels`: config.kernels of the run."""
-  step = functools.partial(log_importance_weight_step, model=model, value_range=value_range)
-  p_step = jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
-                    in_axes=(0, 0, None))
-  total, count, dims = 0.0, 0, None
-  for i, (images, mask) in enumerate(batches):
-    dims = int(np.prod(images.shape[2:]))
-    batch_rng = jax.random.fold_in(base_rng, i)
-    # [draws, devices, batch], in float64 for the log-mean-exp.
-    log_weights = np.stack([np.asarray(p_step(state, images, jax.random.fold_in(batch_rng, s)),
-                                       np.float64) for s in range(num_samples)])
-    bound = np.logaddexp.reduce(log_weights, axis=0) - np.log(num_samples)
-    total -= float(bound[mask].sum())
-    count += int(mask.sum())
-  return total / count / (dims * np.log(2.0))

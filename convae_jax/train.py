@@ -23,9 +23,9 @@ import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from convae_jax import (checkpointing, config_checks, data, distributed, errors, image_grid,
-                        input_pipeline, malloc_env, paths, pixels, preemption, steps,
-                        workdir as workdir_lib, writers)
+from convae_jax import (checkpointing, config_checks, data, distributed, errors, evaluation,
+                        image_grid, input_pipeline, malloc_env, optimizer, paths, pixels,
+                        preemption, steps, workdir as workdir_lib, writers)
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -136,7 +136,7 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
   num_train_steps = _num_train_steps(config, num_train_examples)
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  tx = steps.create_optimizer(config, num_train_steps)
+  tx = optimizer.create_optimizer(config, num_train_steps)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   state = checkpointer.restore_newest_readable(
       steps.abstract_train_state(model, tx, image_shape, config.ema_decay))
@@ -179,10 +179,10 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
     # With EMA, eval/ is of the EMA weights (what inference loads) and eval_raw/ of the raw.
     with_ema = isinstance(state, steps.EmaTrainState)
     evaluated = p_ema_weights(state) if with_ema else state
-    results, code_counts = steps.evaluate(p_eval_step, evaluated, batches(), devices, step_rng)
+    results, code_counts = evaluation.evaluate(p_eval_step, evaluated, batches(), devices, step_rng)
     scalars = {f'eval/{k}': v for k, v in results.items()}
     if with_ema:
-      raw, _ = steps.evaluate(p_eval_step, state, batches(), devices, step_rng)
+      raw, _ = evaluation.evaluate(p_eval_step, state, batches(), devices, step_rng)
       scalars.update({f'eval_raw/{k}': v for k, v in raw.items()})
     writer.write_scalars(step, scalars)
     last_eval.update(scalars, step=step)
@@ -340,7 +340,7 @@ def _check_finite(scalars: dict[str, Any], last_logged: int, step: int, on_non_f
 
 
 def _check_warmup(config, num_train_steps: int) -> None:
-  warmup = steps.warmup_steps(config, num_train_steps)
+  warmup = optimizer.warmup_steps(config, num_train_steps)
   if warmup >= num_train_steps:
     raise config_checks.ConfigError(
         f'config.warmup_steps: a warm-up of {warmup} steps is not shorter than the run '

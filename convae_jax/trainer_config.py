@@ -10,7 +10,7 @@ import ml_collections
 ON_NON_FINITE = ('stop', 'skip')
 # What config.dtype allows: the activations' and convolutions' precision.
 DTYPES = ('float32', 'bfloat16')
-# What config.schedule allows (optax schedules of the step; steps.learning_rate_schedule).
+# What config.schedule allows (optax schedules of the step; optimizer.learning_rate_schedule).
 SCHEDULES = ('constant', 'warmup_cosine', 'warmup_linear', 'warmup_rsqrt')
 # What config.input_mode allows (data.py).
 INPUT_MODES = ('auto', 'in_memory', 'streaming')
@@ -42,7 +42,7 @@ def defaults() -> ml_collections.ConfigDict:
   # The model's registered name and its settings (models.registry).
   config.model = ml_collections.ConfigDict({'name': 'cae'})
 
-  config.optimizer = 'adam'  # A name in steps.OPTIMIZERS.
+  config.optimizer = 'adam'  # A name in optimizer.OPTIMIZERS.
   config.learning_rate = 1e-3  # The peak, after any warm-up.
   # The learning rate against the step (SCHEDULES): 'constant', or a linear warm-up from 0
   # over warmup_steps (or warmup_fraction of the run, when positive) then a cosine or linear

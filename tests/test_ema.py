@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import photos
-from convae_jax import checkpointing, inference, models, steps, train
+from convae_jax import checkpointing, inference, models, optimizer, steps, train
 from conftest import tiny
 
 
@@ -17,7 +17,7 @@ def test_ema_weights_are_the_debiased_average_of_the_weights_after_each_step(cif
   decay = 0.5
   config = cifar_config(optimizer='sgd', learning_rate=0.5, ema_decay=decay)
   model = models.create_model(config.model)
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3), decay)
   assert isinstance(state, steps.EmaTrainState)
   jax.tree.map(np.testing.assert_array_equal, steps.ema_params(state, decay), state.params)
@@ -44,7 +44,7 @@ def test_ema_weights_are_the_debiased_average_of_the_weights_after_each_step(cif
 def test_ema_state_survives_save_and_restore(cifar_config, tmp_path):
   config = cifar_config(ema_decay=0.9)
   model = models.create_model(config.model)
-  tx = steps.create_optimizer(config)
+  tx = optimizer.create_optimizer(config)
   state = steps.create_train_state(model, tx, jax.random.key(0), (32, 32, 3), 0.9)
   state = state.replace(ema=state.ema._replace(
       count=np.int32(7), ema=jax.tree.map(lambda p: p * 0.5, state.ema.ema)))
@@ -89,7 +89,7 @@ def test_inference_loads_the_ema_weights_by_default(ema_workdir):
   model = models.create_model(config.model)
   checkpointer = checkpointing.Checkpointer(ema_workdir, 3)
   saved = checkpointer.restore(steps.abstract_train_state(
-      model, steps.create_optimizer(config), (8, 8, 3), config.ema_decay), 6)
+      model, optimizer.create_optimizer(config), (8, 8, 3), config.ema_decay), 6)
   checkpointer.close()
   loaded = inference.load(ema_workdir)
   jax.tree.map(np.testing.assert_allclose, loaded.state.params,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_launch
-from convae_jax import checkpointing, malloc_env, models, steps, xla_cpu_flags
+from convae_jax import checkpointing, malloc_env, models, optimizer, steps, xla_cpu_flags
 
 
 def _args(workdir, data_dir, steps):
@@ -20,7 +20,7 @@ def _args(workdir, data_dir, steps):
 
 def _final_params(workdir, config):
   model = models.create_model(config.model)
-  template = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  template = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                       (32, 32, 3))
   return checkpointing.Checkpointer(str(workdir), 3).restore(template).params
 

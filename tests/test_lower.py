@@ -12,7 +12,7 @@ import pytest
 
 from configs import cifar
 from conftest import tiny
-from convae_jax import config_checks, steps, trainer_config
+from convae_jax import config_checks, optimizer, steps, trainer_config
 
 # jax.export's platform names, with the jax.default_backend() of each.
 PLATFORMS = {'cuda': 'gpu', 'tpu': 'tpu'}
@@ -83,7 +83,7 @@ def _per_device(tree):
 
 def _step(config, model, kind: str):
   """(the pmapped step as the trainer makes it, its abstract arguments)."""
-  tx = steps.create_optimizer(config, NUM_TRAIN_STEPS)
+  tx = optimizer.create_optimizer(config, NUM_TRAIN_STEPS)
   state = _per_device(steps.abstract_train_state(model, tx, IMAGE_SHAPE, config.ema_decay))
   rng = jax.eval_shape(lambda: jax.random.key(0))
   if kind == 'train':

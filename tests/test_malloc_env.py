@@ -77,7 +77,7 @@ config.batch_size = 32
 model = models.create_model(config.model)
 config.micro_batches = steps.micro_batches(config, model, 1, jax.default_backend())
 host = jax.device_get(steps.create_train_state(
-    model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+    model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
 offset = int(sys.argv[1])
 def placed(x):
   x = np.asarray(x)

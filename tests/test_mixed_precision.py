@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import cifar
-from convae_jax import config_checks, models, steps
+from convae_jax import config_checks, models, optimizer, steps
 
 # The seed's test MSE after TRAIN_STEPS in bfloat16 is within this fraction of float32's.
 MSE_TOLERANCE = 0.10
@@ -41,7 +41,7 @@ def test_a_bfloat16_step_keeps_parameters_and_results_float32(preset, cifar_conf
   assert features.dtype == jnp.float32
   np.testing.assert_array_equal(features, features.astype(jnp.bfloat16).astype(jnp.float32))
   state = flax.jax_utils.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   train_step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
   images = np.random.default_rng(0).integers(0, 256, (4, 2, 32, 32, 3), np.uint8)
   state, update = train_step(state, images, jax.random.key(1))
@@ -60,7 +60,7 @@ def _test_mse(dtype: str) -> float:
   model = config_checks.check(config, 1)
   device = jax.local_devices()[:1]
   state = flax.jax_utils.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)), device)
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)), device)
   train_step = steps.make_train_step(config, model, (32, 32, 3))
   train_images, test_images = _smooth_images(1024, 0), _smooth_images(256, 1)
   for step in range(TRAIN_STEPS):

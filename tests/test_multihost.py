@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny
-from convae_jax import (checkpointing, config_checks, distributed, inference, models, steps,
-                        train)
+from convae_jax import (checkpointing, config_checks, distributed, inference, models, optimizer,
+                        steps, train)
 
 STEPS = 4
 
@@ -61,7 +61,7 @@ def _wait(processes, timeout=240):
 
 def _checkpoint_params(workdir, config, step):
   model = models.create_model(config.model)
-  template = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  template = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                       (32, 32, 3))
   return checkpointing.Checkpointer(str(workdir), 3).restore(template, step).params
 

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar
-from convae_jax import models, preemption, steps, train
+from convae_jax import models, optimizer, preemption, steps, train
 
 
 @pytest.mark.parametrize('schedule', ['constant', 'warmup_cosine', 'warmup_linear',
@@ -20,7 +20,7 @@ from convae_jax import models, preemption, steps, train
 def test_schedules_are_optaxs(schedule, cifar_config):
   config = cifar_config(schedule=schedule, warmup_steps=10, end_learning_rate=1e-5,
                         learning_rate=2e-3)
-  fn = steps.learning_rate_schedule(config, 100)
+  fn = optimizer.learning_rate_schedule(config, 100)
   at = lambda step: float(fn(step))
   assert at(0) == 0.0 and at(5) == pytest.approx(1e-3) and at(10) == pytest.approx(2e-3)
   expected = {
@@ -35,18 +35,18 @@ def test_schedules_are_optaxs(schedule, cifar_config):
     assert at(step) == pytest.approx(float(expected(step)), rel=1e-5), step
   # A fraction of the run instead of a number of steps.
   config.warmup_steps, config.warmup_fraction = 0, 0.1
-  assert steps.warmup_steps(config, 200) == 20
+  assert optimizer.warmup_steps(config, 200) == 20
 
 
 def test_a_constant_rate_keeps_the_optimizer_state_of_earlier_runs(cifar_config):
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.zeros(2)}
-  ours = steps.create_optimizer(cifar_config()).init(params)
+  ours = optimizer.create_optimizer(cifar_config()).init(params)
   assert jax.tree.structure(ours) == jax.tree.structure(optax.adam(1e-3).init(params))
 
 
 def test_clipping_bounds_the_gradient_norm(cifar_config):
   config = cifar_config(optimizer='sgd', learning_rate=1.0, grad_clip_norm=0.5)
-  tx = steps.create_optimizer(config)
+  tx = optimizer.create_optimizer(config)
   grads = {'kernel': jnp.full((3, 3), 10.0)}
   updates, _ = tx.update(grads, tx.init(grads))
   assert float(optax.tree.norm(updates)) == pytest.approx(0.5, rel=1e-5)
@@ -59,7 +59,7 @@ def test_weight_decay_leaves_biases_and_norm_scales_alone(cifar_config):
   config = cifar_config(optimizer='adamw', weight_decay=0.1)
   model = models.create_model(cifar.model('resae'))
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
-  tx = steps.create_optimizer(config)
+  tx = optimizer.create_optimizer(config)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -78,7 +78,7 @@ def test_steps_with_a_large_gradient_norm_are_skipped_and_counted(cifar_config):
   config = cifar_config(skip_grad_norm_above=1e-9)  # Every step.
   model = models.create_model(config.model)
   state = flax.jax_utils.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   images = np.random.default_rng(0).integers(0, 256, (4, 2, 32, 32, 3), np.uint8)
   step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
   new_state, first = step(state, images, jax.random.key(1))
@@ -136,7 +136,7 @@ def _accumulated_and_large_updates(config_of):
     config = config_of(accumulate_steps=k)
     model = models.create_model(config.model)
     initial = flax.jax_utils.replicate(steps.create_train_state(
-        model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+        model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
     train_step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
     state = initial
     for i, batch in enumerate(batches):
@@ -174,7 +174,7 @@ def test_ema_and_accumulation_resume_exactly_mid_accumulation(cifar_config, tmp_
   def saved_mid_accumulation(workdir):
     checkpointer = train.checkpointing.Checkpointer(workdir, 3)
     saved = checkpointer.restore(steps.abstract_train_state(
-        models.create_model(config().model), steps.create_optimizer(config(), 6), (32, 32, 3),
+        models.create_model(config().model), optimizer.create_optimizer(config(), 6), (32, 32, 3),
         0.9))
     checkpointer.close()
     assert (int(saved.step), int(saved.opt_state.mini_step)) == (3, 1)

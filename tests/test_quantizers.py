@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import cifar
-from convae_jax import input_pipeline, metrics, models, steps
+from convae_jax import evaluation, input_pipeline, metrics, models, optimizer, steps
 from convae_jax.models.bottlenecks import fsq
 
 from conftest import tiny
@@ -180,7 +180,7 @@ def test_vq_restarts_codes_that_no_input_chose():
 def _run(config, model, images, num_devices):
   """Three train steps on a fixed global batch split over `num_devices` devices."""
   devices = jax.local_devices()[:num_devices]
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    images.shape[1:])
   state = flax.jax_utils.replicate(state, devices)
   p_train_step = steps.make_train_step(config, model, images.shape[1:], donate=False)
@@ -210,13 +210,13 @@ def test_vq_agrees_across_devices(codebook):
 def test_split_usage_counts_each_eval_image_once():
   model = _model('vqvae', bottleneck={'name': 'vq', 'num_codes': 32})
   config = tiny(cifar.get_config('vqvae'))
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (8, 8, 3))
   devices = jax.local_devices()
   images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), np.uint8)
   p_eval_step = steps.make_eval_step(model, (0.0, 1.0), (8, 8, 3))
   # 10 images in batches of 8 over 4 devices: the last batch is padded.
-  scalars, counts = steps.evaluate(
+  scalars, counts = evaluation.evaluate(
       p_eval_step, flax.jax_utils.replicate(state, devices),
       input_pipeline.eval_batches(input_pipeline.Split(images), global_batch_size=8,
                                   num_local_devices=len(devices)), devices, jax.random.key(1))

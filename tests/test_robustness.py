@@ -16,7 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO, run_launch
-from convae_jax import checkpointing, config_checks, models, preemption, steps, train, workdir
+from convae_jax import (checkpointing, config_checks, models, optimizer, preemption, steps, train,
+                        workdir)
 
 
 def _saved_params(workdir_path, step):
@@ -136,7 +137,7 @@ def test_non_finite_steps_can_be_skipped(cifar_config):
   config = cifar_config()
   model = models.create_model(config.model)
   config.on_non_finite = 'skip'
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = steps.make_train_step(config, model, (32, 32, 3), donate=False)
   good = np.full((4, 2, 32, 32, 3), 0.5, np.float32)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from convae_jax import (config_checks, inference, input_pipeline, metrics, models, steps,
-                        train)
+from convae_jax import (config_checks, evaluation, inference, input_pipeline, metrics, models,
+                        optimizer, steps, train)
 from convae_jax import pixels as pixel_values
 
 from conftest import run_cli, tiny
@@ -23,7 +23,7 @@ def _params_allclose(a, b, **kwargs):
 def test_overfits_one_batch(cifar_config):
   config = cifar_config(learning_rate=1e-2)
   model = models.create_model(config.model)
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = steps.make_train_step(config, model, (32, 32, 3))
   # Smooth images (8x8 noise blown up 4x): a reconstructable signal, not white noise.
@@ -48,7 +48,7 @@ def test_micro_batches_average_to_the_whole_batch_step(cifar_config, variant):
     config.model.bottleneck.entropy_weight = 0.0
   model = models.create_model(config.model)
   state = flax.jax_utils.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   images = np.random.default_rng(0).uniform(size=(4, 8, 32, 32, 3)).astype(np.float32)
   results = []
   for micro_batches in (1, 2):
@@ -73,7 +73,7 @@ def test_accumulating_step_merges_the_metrics_of_every_step(cifar_config):
   config = cifar_config()
   model = models.create_model(config.model)
   state = steps.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   batches = np.random.default_rng(0).integers(0, 256, (3, 4, 2, 32, 32, 3), dtype=np.uint8)
   plain = steps.make_train_step(config, model, (32, 32, 3), donate=False)
   accumulating = steps.make_train_step(config, model, (32, 32, 3), donate=False,
@@ -102,7 +102,7 @@ def test_the_trainer_compiles_its_train_step_once(cifar_config):
   step = steps.make_train_step(config, model, (32, 32, 3), accumulate=True)
   empty = lambda: _no_train_metrics(model)
   state, totals = steps.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3))), empty()
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3))), empty()
   fresh_totals = empty()
   images = np.zeros((4, 2, 32, 32, 3), np.uint8)
   compiles = []
@@ -124,7 +124,7 @@ def test_train_step_normalizes_uint8_pixels_to_the_input_range(cifar_config):
   config = cifar_config(input_range=(-1.0, 1.0))
   model = models.create_model(config.model)
   state = flax.jax_utils.replicate(steps.create_train_state(
-      model, steps.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
+      model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
   pixels = np.random.default_rng(0).integers(0, 256, (4, 2, 32, 32, 3), dtype=np.uint8)
   pixels[0, 0, 0, 0] = (0, 255, 128)
   normalized = np.asarray(pixel_values.model_input(pixels, (-1.0, 1.0)))
@@ -260,13 +260,13 @@ def test_each_eval_batch_draws_its_own_noise(cifar_config):
   from configs import cifar  # pylint: disable=g-import-not-at-top
   config.model = cifar.get_config('denoising').model
   model = models.create_model(config.model)
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   devices = jax.local_devices()
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
   p_eval_step = steps.make_eval_step(model, (0.0, 1.0), (32, 32, 3))
   replicated = flax.jax_utils.replicate(state, devices)
-  evaluate = lambda split: steps.evaluate(
+  evaluate = lambda split: evaluation.evaluate(
       p_eval_step, replicated, input_pipeline.eval_batches(
           split, global_batch_size=8, num_local_devices=len(devices)), devices,
       jax.random.key(1))[0]
