@@ -40,7 +40,8 @@ def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
   config.model.backbone.update(backbone or {})
   model = models.create_model(config.model, dtype)
   config.micro_batches = micro_batches  # 0: resolved below, as the trainer does.
-  config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend())
+  config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend(),
+                                             (32, 32, 3))
   state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   step = steps.make_train_step(config, model, (32, 32, 3))

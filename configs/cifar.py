@@ -38,8 +38,8 @@ SETTINGS = {
 }
 # One preset's part settings, over SETTINGS, from its quality runs (docs/results.md).
 PRESET_SETTINGS = {
-    # The entropy term spreads the codes over the first half of the run, then fades out: a
-    # constant weight (0.01 or 0.003) cost PSNR.
+    # The entropy term spreads the codes over the first half of the run, then fades out (a
+    # constant weight cost PSNR: docs/results.md).
     'fsq-resnet': {'bottleneck': {'entropy_decay_steps': 3125}},
     # A learned prior whose samples vary together across the latent grid.
     'vae-resnet': {'bottleneck': {'prior': 'low_rank'}},
@@ -52,7 +52,7 @@ RESNET_TRAINING = {'schedule': 'warmup_cosine', 'warmup_fraction': 0.02,
                    'learning_rate': 2e-3, 'grad_clip_norm': 1.0, 'num_epochs': 8.0}
 TRAINING = {
     'resae': RESNET_TRAINING,
-    'vqvae-resnet': {**RESNET_TRAINING, 'num_epochs': 16.0},  # 8 left it 0.11 dB short.
+    'vqvae-resnet': {**RESNET_TRAINING, 'num_epochs': 16.0},  # 8 missed its target.
     'fsq-resnet': {**RESNET_TRAINING, 'num_epochs': 16.0},
     'vae-resnet': RESNET_TRAINING,
 }

@@ -14,8 +14,9 @@ The other modes use a trained model; each loads WORKDIR's newest checkpoint, or 
   sample       --num images from the prior -> --output DIR (models that can sample: the VAE)
   interpolate  two images of the same size, --steps images between them -> --output DIR
 
-An unreadable or empty image file is named and skipped; the rest go on. An output folder that
-is (or is inside) a folder of the inputs is refused, so no input is ever overwritten.
+An unreadable or empty image file is named and skipped; the rest go on. An input that does not
+exist, inputs with no readable image, and an output folder that is (or is inside) a folder of
+the inputs are refused before anything is written, so no input is ever overwritten.
 Exit codes: 0 done (skipped files are named on stderr); 2 refused: one line `error: ...`.
 """
 import argparse
@@ -113,11 +114,6 @@ def _output_dir(path: str, inputs) -> str:
   return path
 
 
-def _no_readable_image(inputs) -> Exception:
-  return inference.UsageError(f'no readable image in {" ".join(map(str, inputs))}; pass PNG or '
-                              'JPEG files or folders holding them')
-
-
 def evaluate(args, trained) -> None:
   results = trained.evaluate(args.split, dataset=args.dataset, data_dir=args.data_dir,
                              batch_size=args.batch_size,
@@ -141,13 +137,14 @@ def evaluate(args, trained) -> None:
 
 
 def reconstruct(args, trained) -> None:
-  created = not os.path.isdir(args.output)
-  out = _output_dir(args.output, args.inputs)
+  out = args.output
   rows, views = [], []
-  print(f'{"image":<32} {"size":>11} {"PSNR (dB)":>10}', flush=True)
   # One image at a time: a folder of large photographs never sits in memory at once.
   for image in image_io.iter_images(args.inputs, channels=trained.channels,
                                     recursive=args.recursive, say=_note):
+    if not rows:  # Once an image is read: none readable leaves nothing behind.
+      _output_dir(out, args.inputs)
+      print(f'{"image":<32} {"size":>11} {"PSNR (dB)":>10}', flush=True)
     original = image.pixels.astype(np.float32) / 255.0
     reconstruction = trained.reconstruct(original)
     recon_pixels = image_grid.to_uint8(reconstruction)
@@ -160,10 +157,6 @@ def reconstruct(args, trained) -> None:
     print(f'{image.name:<32} {f"{h}x{w}":>11} {psnr:>10.2f}', flush=True)
     if len(views) < MAX_GRID_PAIRS:
       views.append((image_io.full_view(image.pixels), image_io.full_view(recon_pixels)))
-  if not rows:
-    if created:
-      os.rmdir(out)
-    raise _no_readable_image(args.inputs)
   mean_psnr = float(np.mean([r['psnr'] for r in rows]))
   print(f'{f"mean over {len(rows)} images":<32} {"":>11} {mean_psnr:>10.2f}')
   image_grid.save_png(image_io.pairs_grid(views), os.path.join(out, 'grid.png'))
@@ -190,8 +183,6 @@ def encode(args, trained) -> None:
     names.append(image.name)
     sources.append(os.path.abspath(image.path))
     sizes.append(image.pixels.shape[:2])
-  if not names:
-    raise _no_readable_image(args.inputs)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   np.savez(path, names=np.array(names), sources=np.array(sources),
            sizes=np.array(sizes, np.int64).reshape(-1, 2), model=np.array(trained.name),
@@ -269,6 +260,8 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   logs.quiet_libraries()
   try:
+    if args.mode in ('reconstruct', 'encode', 'interpolate'):  # Before loading anything.
+      image_io.check_inputs(args.inputs)
     if args.mode in ('reconstruct', 'interpolate'):  # Refuse a bad --output before loading.
       image_io.check_output_dir(args.output, args.inputs)
     for module in args.module:

@@ -8,8 +8,10 @@ said once per kind with a count (not once per file):
   16-bit (I;16 grayscale, 16-bit RGB PNG) -> 8 bits (v / 257, rounded; Pillow itself keeps
                                the high byte of 16-bit RGB);
   palette, CMYK, YCbCr, ... -> RGB;  an EXIF orientation -> applied (the image as shown).
-A file that cannot be read (empty, truncated, not an image, missing) is named in one line and
-skipped; the others go on.
+A file that cannot be read (empty, truncated, not an image) is named in one line and skipped;
+the others go on. A named file or folder that does not exist, or inputs that hold no readable
+image at all, are refused (ImageInputError, before anything is read): the CLI and Python
+alike, so that a mistyped name is never a silent empty result.
 """
 import dataclasses
 import os
@@ -50,9 +52,30 @@ class UnreadableImageError(Exception):
   """A file that is not a readable image; the message says why."""
 
 
+class ImageInputError(errors.UserError, ValueError):
+  """Inputs that give nothing to work on: a name that does not exist, or no readable image."""
+
+
+def check_inputs(inputs: Sequence[str]) -> None:
+  """Refuses (ImageInputError) inputs naming a file or folder that does not exist."""
+  if isinstance(inputs, (str, os.PathLike)):
+    raise ImageInputError(f'inputs={inputs!r}: pass a list of files and folders, e.g. '
+                          f'[{inputs!r}]')
+  missing = [str(entry) for entry in inputs if not os.path.exists(entry)]
+  if missing:
+    raise ImageInputError(f'{", ".join(missing)}: no such file or folder; pass PNG or JPEG '
+                          'files or folders holding them')
+  if not inputs:
+    raise ImageInputError('no images given; pass PNG or JPEG files or folders holding them')
+
+
 def find_image_files(inputs: Sequence[str], recursive: bool = False,
                      say: Callable[[str], None] = logging.warning) -> list[str]:
-  """Files named in `inputs` (as given) and the PNG/JPEG files of folders in it, sorted."""
+  """Files named in `inputs` (as given) and the PNG/JPEG files of folders in it, sorted.
+
+  Raises ImageInputError if an input does not exist.
+  """
+  check_inputs(inputs)
   files = []
   for entry in inputs:
     if os.path.isdir(entry):
@@ -65,10 +88,8 @@ def find_image_files(inputs: Sequence[str], recursive: bool = False,
         say(f'skipped {entry}: no PNG or JPEG files in it'
             + ('' if recursive else ' (add --recursive to look in its subfolders)'))
       files += sorted(found)
-    elif os.path.exists(entry):
-      files.append(entry)
     else:
-      say(f'skipped {entry}: no such file or folder')
+      files.append(entry)
   return files
 
 
@@ -154,18 +175,25 @@ def iter_images(inputs: Sequence[str], *, channels: int = 3, recursive: bool = F
   (file stems; a repeated stem gets -2, -3, ...).
 
   Each unreadable file is named through `say` and skipped; once all are read, each kind of
-  conversion is said once, with how many images needed it.
+  conversion is said once, with how many images needed it. Raises ImageInputError, naming
+  the inputs, for an input that does not exist (before reading any) or when none is readable.
   """
   used, converted = set(), {kind: [] for kind in CONVERSIONS}
+  skipped = []
   for path in find_image_files(inputs, recursive, say):
     try:
       pixels, kinds = read_image(path, channels)
     except UnreadableImageError as e:
       say(f'skipped {path}: {e}')
+      skipped.append(f'{path}: {e}')
       continue
     for kind in kinds:
       converted[kind].append(os.path.basename(path))
     yield LoadedImage(_unique_name(path, used), path, pixels)
+  if not used:
+    why = f' ({"; ".join(skipped[:3])}{"; ..." if len(skipped) > 3 else ""})' if skipped else ''
+    raise ImageInputError(f'no readable image in {" ".join(map(str, inputs))}{why}; pass PNG '
+                          'or JPEG files or folders holding them')
   for kind, names in converted.items():
     if names:
       shown = ', '.join(names[:3]) + (f', ... ({len(names) - 3} more)' if len(names) > 3 else '')

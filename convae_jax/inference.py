@@ -107,10 +107,8 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
   try:
     model = models.create_model(config.model, config.dtype)
   except (ValueError, TypeError, AttributeError) as e:
-    hint = ('' if config.model.get('name') in models.registry.RETIRED_MODELS else
-            ' (a model or part of your own: import the module that registers it first; the '
-            'CLI takes --module NAME)')
-    raise UsageError(f'{path}: config.model: {e}{hint}') from None
+    raise UsageError(f'{path}: config.model: {e} (a model or part of your own: import the '
+                     'module that registers it first; the CLI takes --module NAME)') from None
   # At the training size: a learned prior's parameters are shaped by the latent grid.
   channels = model.image_channels
   target = steps.abstract_train_state(

@@ -3,8 +3,8 @@
     python launch.py --config configs/cifar.py --workdir DIR      (or: convae train ...)
 
   See a config's keys:  --config configs/cifar.py:vae --print_config
-  Override any key:     --config.KEY=VALUE, nested too: --config.model.beta=0.5
-  Pick a variant:       --config configs/cifar.py:NAME (cae, resae, vae, vqvae, denoising)
+  Override any key:     --config.KEY=VALUE, nested too: --config.model.backbone.features="(32, 64)"
+  Pick a preset:        --config configs/cifar.py:NAME, NAME one of its PRESETS
 
 Flags only; the work is in convae_jax.train.train_and_evaluate. Several processes (hosts)
 train one run through JAX's distributed runtime: start the same command on each with
@@ -17,10 +17,12 @@ config, path, dataset or split, data missing, workdir busy or holding another mo
 checkpoints, cluster not joined); 3 stopped on non-finite values; 75 stopped by
 SIGTERM/SIGINT after saving a checkpoint (launch again to resume).
 """
+import ast
 import importlib.util
 import os
 import re
 import sys
+import textwrap
 
 # Light imports only: JAX must not start before `run` has set its flags.
 from absl import app, flags
@@ -36,13 +38,30 @@ def _default_config() -> str:
     return os.path.join(os.path.dirname(spec.origin), 'cifar.py')
   return 'configs/cifar.py'
 
+
+def _presets(path: str) -> list[str]:
+  """The names in the PRESETS dict of config file `path`, read without running it: --help
+  stays fast and lists what the file defines, never a copy."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      tree = ast.parse(f.read())
+  except (OSError, SyntaxError, ValueError):
+    return []
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and
+        any(isinstance(t, ast.Name) and t.id == 'PRESETS' for t in node.targets)):
+      return [k.value for k in node.value.keys
+              if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+  return []
+
+
 HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go (required).')
 # No default here: config_flags would load it, and apply the overrides to it, at import.
 config_flags.DEFINE_config_file('config', None,
-                                'Experiment config file, PATH or PATH:VARIANT (default: '
+                                'Experiment config file, PATH or PATH:PRESET (default: '
                                 'configs/cifar.py); override its keys with --config.KEY=VALUE.',
                                 lock_config=True)
 flags.DEFINE_bool('print_config', False,
@@ -74,7 +93,13 @@ def _config_specs(argv) -> list[str]:
 
 
 def _print_help() -> None:
-  print(__doc__)
+  presets = _presets(_default_config())
+  listed = textwrap.fill(', '.join(presets), 92, initial_indent=' ' * 24,
+                         subsequent_indent=' ' * 24)
+  print(__doc__.replace('NAME one of its PRESETS', 'NAME one of:\n' + listed) if presets
+        else __doc__)
+  # The default is chosen at parse time (the help text says which), not absl's None.
+  FLAGS['config'].default_as_str = None
   print(FLAGS.module_help(sys.modules[__name__]))
   sys.exit(0)  # absl's own --help exits 1.
 

@@ -89,19 +89,43 @@ AUTO_MICRO_BATCHES = 4
 MIN_AUTO_PART = 8
 
 
-def micro_batches(config: ml_collections.ConfigDict, model, num_devices: int,
-                  backend: str) -> int:
+def micro_batches(config: ml_collections.ConfigDict, model, num_devices: int, backend: str,
+                  image_shape: tuple[int, ...]) -> int:
   """The micro-batches a step uses: config.micro_batches when positive; for 0 (auto), on
   CPU, the most parts up to AUTO_MICRO_BATCHES that divide the per-device batch into parts
   of MIN_AUTO_PART images or more, for a model whose step they leave exact
-  (`model.splits_exactly`); else 1 (GPU and TPU: one part)."""
+  (`splits_exactly`); else 1 (GPU and TPU: one part)."""
   if config.micro_batches > 0:
     return config.micro_batches
   per_device = config.batch_size // num_devices
-  if backend != 'cpu' or not model.splits_exactly:
+  if backend != 'cpu' or not splits_exactly(model, image_shape):
     return 1
   return next((k for k in range(AUTO_MICRO_BATCHES, 1, -1)
                if per_device % k == 0 and per_device // k >= MIN_AUTO_PART), 1)
+
+
+# Primitives of a model that reduces over the device axis (statistics of the global batch).
+_COLLECTIVES = ('psum', 'pmax', 'pmin', 'all_gather', 'all_to_all', 'ppermute')
+
+
+def splits_exactly(model, image_shape: tuple[int, ...]) -> bool:
+  """Whether a train step averaged over micro-batches is the whole batch's step up to float
+  rounding, read off the model's training pass: not where it keeps batch statistics (Flax's
+  'batch_stats' collection) or reduces over the device axis it is given (a codebook's
+  statistics, a batch entropy), since each part's statistics then differ from the batch's."""
+  rngs = {name: jax.random.key(0) for name in ('params',) + tuple(model.rng_streams)}
+
+  def training_pass(images):
+    variables = model.init(rngs, images, train=False)
+    mutable = [name for name in variables if name != 'params']
+    on_devices(model).apply(variables, images, train=True, rngs=rngs, mutable=mutable)
+    return variables
+
+  images = jnp.zeros((1, 2) + tuple(image_shape))
+  closed = jax.make_jaxpr(jax.vmap(training_pass, axis_name=AXIS), return_shape=True)
+  jaxpr, variables = closed(images)
+  return 'batch_stats' not in variables and not any(
+      name in str(jaxpr) for name in _COLLECTIVES)
 
 
 def step_rngs(model, base_rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
@@ -227,7 +251,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
   step = functools.partial(
       train_step, model=on_devices(model), metrics_cls=metrics_cls, input_range=tuple(config.input_range),
       skip_non_finite=config.on_non_finite == 'skip',
-      micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend()),
+      micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend(),
+                                  image_shape),
       skip_grad_norm_above=config.skip_grad_norm_above,
       learning_rate_fn=optimizer.learning_rate_schedule(config, num_train_steps),
       ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps)

@@ -108,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                     config.micro_batches, jax.default_backend())
   if config.micro_batches == 0:
     logging.info('config.micro_batches=0 (auto): %d micro-batches per device on %s',
-                 steps.micro_batches(config, model, jax.device_count(), jax.default_backend()),
+                 steps.micro_batches(config, model, jax.device_count(), jax.default_backend(),
+                                     info.image_shape),
                  jax.default_backend())
   logging.info('Config:\n%s', config)
   with contextlib.ExitStack() as stack:

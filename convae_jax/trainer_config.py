@@ -40,7 +40,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.shuffle_buffer = 10_000  # Streaming: examples shuffled at once, held encoded.
 
   # The model's registered name and its settings (models.registry).
-  config.model = ml_collections.ConfigDict({'name': 'cae'})
+  config.model = ml_collections.ConfigDict({'name': 'autoencoder'})
 
   config.optimizer = 'adam'  # A name in optimizer.OPTIMIZERS.
   config.learning_rate = 1e-3  # The peak, after any warm-up.

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from configs import photos
-from convae_jax import checkpointing, image_grid, image_io, inference, models, steps
+from convae_jax import checkpointing, image_grid, image_io, inference, models, optimizer, steps
 from convae_jax import workdir as workdir_lib
 
-from conftest import run_cli, tiny
+from conftest import REPO, run_cli, tiny
 
 GOOD = {  # name: (height, width, what it exercises)
     'rgb': (32, 32, 'RGB PNG'),
@@ -77,7 +77,7 @@ def images_dir(tmp_path_factory):
 def _initial_vae_workdir(workdir, config):
   """A VAE checkpoint at initialization, saved as the trainer saves (its loop is the cae's)."""
   model = models.create_model(config.model)
-  state = steps.create_train_state(model, steps.create_optimizer(config), jax.random.key(0),
+  state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
                                    (32, 32, 3))
   workdir_lib.save_config(config, workdir, 0)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
@@ -305,8 +305,8 @@ def test_missing_workdir_checkpoint_or_step(cae_workdir, tmp_path, images_dir):
   assert 'available steps: 2' in stderr
 
 
-def test_a_workdir_of_an_earlier_model_name_is_refused_and_kept(cae_workdir, tmp_path):
-  # config.json of a run made before the models became parts: model.name 'cae'.
+def test_a_workdir_of_an_unknown_model_is_refused_and_kept(cae_workdir, tmp_path):
+  # config.json of a model this process has not registered (or an older version's name).
   old = tmp_path / 'old'
   shutil.copytree(cae_workdir, old)
   config = json.loads((old / 'config.json').read_text())
@@ -315,21 +315,52 @@ def test_a_workdir_of_an_earlier_model_name_is_refused_and_kept(cae_workdir, tmp
   before = sorted((p, p.stat().st_mtime) for p in old.rglob('*'))
   code, _, stderr = run_cli('evaluate', '--workdir', old)
   assert code == 2 and len(stderr.splitlines()) == 1
-  assert re.search(r"error: .*config.json: config.model: model.name 'cae' is from an older "
-                   r"convae_jax: it is now the preset configs/cifar.py:cae", stderr), stderr
+  assert re.search(r"error: .*config.json: config.model: unknown model.name 'cae'; known: "
+                   r"autoencoder.* the CLI takes --module NAME", stderr), stderr
   assert sorted((p, p.stat().st_mtime) for p in old.rglob('*')) == before
 
 
 def test_nothing_readable_is_refused(cae_workdir, images_dir, tmp_path):
-  code, _, stderr = run_cli('reconstruct', '--workdir', cae_workdir,
-                            os.path.join(images_dir, 'empty.png'),
-                            os.path.join(images_dir, 'corrupt.jpg'), tmp_path / 'missing.png',
-                            '--output', tmp_path / 'out')
-  assert code == 2
-  assert 'empty.png: empty file' in stderr and 'missing.png: no such file' in stderr
+  code, stdout, stderr = run_cli('reconstruct', '--workdir', cae_workdir,
+                                 os.path.join(images_dir, 'empty.png'),
+                                 os.path.join(images_dir, 'corrupt.jpg'), '--output',
+                                 tmp_path / 'out')
+  assert code == 2 and stdout == ''
+  assert 'empty.png: empty file' in stderr and 'corrupt.jpg: cannot be read' in stderr
   assert stderr.splitlines()[-1].startswith('error: no readable image')
+  assert not (tmp_path / 'out').exists()
   code, _, stderr = run_cli('nope')
   assert code == 2 and stderr.startswith('error: argument MODE')
+
+
+def test_a_missing_input_is_refused_before_anything_is_written(cae_workdir, images_dir,
+                                                               tmp_path):
+  missing = tmp_path / 'missing.png'
+  good = os.path.join(images_dir, 'rgb.png')
+  for argv in (['reconstruct', good, missing, '--output', tmp_path / 'out'],
+               ['encode', missing, good, '--output', tmp_path / 'z.npz'],
+               ['interpolate', good, missing, '--output', tmp_path / 'out']):
+    code, stdout, stderr = run_cli(argv[0], '--workdir', cae_workdir, *argv[1:])
+    assert code == 2 and stdout == ''
+    assert stderr.splitlines() == [f'error: {missing}: no such file or folder; pass PNG or JPEG '
+                                   'files or folders holding them'], stderr
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_the_python_api_refuses_what_the_cli_refuses(images_dir, tmp_path):
+  missing = str(tmp_path / 'photo.jpg')
+  with pytest.raises(image_io.ImageInputError, match=f'^{re.escape(missing)}: no such file'):
+    image_io.load_images([missing, images_dir])
+  with pytest.raises(image_io.ImageInputError, match='^no readable image in .*corrupt.jpg '
+                     r'\(.*corrupt.jpg: cannot be read'):
+    image_io.load_images([os.path.join(images_dir, 'corrupt.jpg')], say=lambda _: None)
+  (tmp_path / 'notes').mkdir()
+  with pytest.raises(image_io.ImageInputError, match='^no readable image in .*notes;'):
+    image_io.load_images([str(tmp_path / 'notes')], say=lambda _: None)
+  with pytest.raises(image_io.ImageInputError, match='pass a list'):
+    image_io.load_images(os.path.join(images_dir, 'rgb.png'))
+  # A UserError (the CLI's one-line refusal) and a ValueError (what Python code catches).
+  assert issubclass(image_io.ImageInputError, ValueError)
 
 
 def test_lists_of_images_of_any_size_are_done_each_at_its_size(cae, images_dir):
@@ -353,21 +384,28 @@ def test_a_loaded_model_prints_in_one_line(cae, cae_workdir):
                   f"workdir={cae_workdir!r})")
 
 
-def test_the_readme_python_snippet_runs_as_written(cae_workdir, images_dir, tmp_path,
-                                                   monkeypatch):
-  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'),
-                encoding='utf-8').read()
+def test_the_readme_python_snippet_runs_as_written(cae_workdir, tmp_path, monkeypatch, capsys):
+  """The README's snippet, exactly as written, in a folder laid out as after its quick start:
+  workdirs/photos (here the tiny cae, trained on photo_patches as the quick start's is) and
+  the repository's docs/ (its photograph)."""
+  readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
   section = readme.split('## Use a trained model')[1].split('\n## ')[0]
   snippet = section.split('```python\n')[1].split('```')[0]
-  os.makedirs(tmp_path / 'runs')
-  os.symlink(cae_workdir, tmp_path / 'runs' / 'cae')
-  os.symlink(images_dir, tmp_path / 'photos')
-  Image.open(os.path.join(images_dir, 'photo.jpg')).save(tmp_path / 'photo.jpg')
+  os.makedirs(tmp_path / 'workdirs')
+  os.symlink(cae_workdir, tmp_path / 'workdirs' / 'photos')
+  os.symlink(os.path.join(REPO, 'docs'), tmp_path / 'docs')
   monkeypatch.chdir(tmp_path)
   namespace = {}
   exec(compile(snippet, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
-  assert isinstance(namespace['recons'], list) and namespace['metrics']['num_images'] > 0
+  # What its comments say it gives (the step and workdir are the quick start's).
+  said = re.search(r'print\(model\) +# (.*)', snippet).group(1)
+  pattern = re.escape(said).replace('737', r'\d+').replace(re.escape('...'), '.*')
+  assert re.fullmatch(pattern, capsys.readouterr().out.strip())
+  assert [r.shape for r in namespace['recons']] == [(400, 600, 3)]
+  assert namespace['recon'].shape == (2, 200, 300, 3) and namespace['recon'].dtype == np.float32
+  assert namespace['latents'].shape == (2, 50, 75, 32)
   np.testing.assert_array_equal(namespace['same'], namespace['recon'])
+  assert namespace['metrics']['num_images'] == 476
 
 
 def test_grids_keep_originals_apart_and_show_full_resolution():

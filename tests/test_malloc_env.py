@@ -75,7 +75,7 @@ from convae_jax import models, steps
 config = cifar.get_config()
 config.batch_size = 32
 model = models.create_model(config.model)
-config.micro_batches = steps.micro_batches(config, model, 1, jax.default_backend())
+config.micro_batches = steps.micro_batches(config, model, 1, jax.default_backend(), (32, 32, 3))
 host = jax.device_get(steps.create_train_state(
     model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)))
 offset = int(sys.argv[1])

@@ -38,12 +38,6 @@ def test_unknown_model_lists_known_ones():
     models.create_model(ml_collections.ConfigDict({'name': 'nope'}))
 
 
-def test_a_retired_model_name_points_to_its_preset():
-  with pytest.raises(ValueError, match=r"model.name 'vae' is from an older convae_jax: it is "
-                                       r"now the preset configs/cifar.py:vae"):
-    models.create_model(ml_collections.ConfigDict({'name': 'vae', 'features': (16, 32)}))
-
-
 @pytest.mark.parametrize('change,message', [
     ({'backbone': {'name': 'seed', 'widths': (4, 8)}},
      r"model.backbone 'seed' has no setting widths; its settings are: features"),

@@ -1,15 +1,18 @@
 """Every mistake a user can make is refused in one line: `error: ...`, exit code 2, no
 traceback, and nothing written. For launch.py, `python -m convae_jax.cli` and the CIFAR-10
 import; fresh processes only where the command line itself is what is checked."""
+import ast
 import concurrent.futures
 import os
 import re
+import shlex
 
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from configs import cifar
 from conftest import run_cli, run_launch, tiny
 from convae_jax import errors, paths, train
 from convae_jax.datasets import import_cifar10
@@ -104,6 +107,25 @@ def test_launch_without_workdir_help_and_print_config(tmp_path):
   result = run_launch(['--help'])
   assert result.returncode == 0 and 'Traceback' not in result.stderr
   assert '--print_config' in result.stdout and '--config.KEY=VALUE' in result.stdout
+  # Every preset of configs/cifar.py, one default for --config, and an example that works.
+  listed = re.search(r'NAME one of:\n(.*?)\n\n', result.stdout, re.S).group(1)
+  assert [name.strip() for name in listed.split(',')] == list(cifar.PRESETS)
+  config_help = result.stdout.split('  --config:')[1].split('\n  --')[0]
+  assert config_help.count('default') == 1 and 'default: configs/cifar.py' in ' '.join(
+      config_help.split())
+  example = shlex.split(result.stdout.split('nested too: ')[1].splitlines()[0])
+  assert len(example) == 1 and example[0].startswith('--config.model.')
+  result = run_launch([example[0], '--print_config'])
+  assert result.returncode == 0, result.stderr[-2000:]
+  key, value = example[0][len('--config.'):].split('=')
+  expected = cifar.get_config()  # The default config, with the example applied.
+  *parents, leaf = key.split('.')
+  target = expected
+  for parent in parents:
+    target = target[parent]
+  assert target[leaf] != ast.literal_eval(value)
+  target[leaf] = ast.literal_eval(value)
+  assert result.stdout.strip() == str(expected).strip()
   result = run_launch(['--config', 'configs/cifar.py:vae', '--config.model.bottleneck.beta=0.5',
                        '--print_config'])
   assert result.returncode == 0, result.stderr[-2000:]
@@ -206,8 +228,14 @@ CLI_CASES = {
                    r'error: batch_size=0: must be 1 or more'),
     'output is a file': (['reconstruct', '--workdir', '{workdir}', '{image}', '--output',
                           '{tmp}/file'], r'error: --output .*file is a file, not a folder'),
-    'nothing readable': (['reconstruct', '--workdir', '{workdir}', '{tmp}/missing.png',
-                          '--output', '{tmp}/o'], r'error: no readable image'),
+    'nothing readable': (['reconstruct', '--workdir', '{workdir}', '{tmp}/file',
+                          '--output', '{tmp}/o'], r'error: no readable image in .*file \(.*file: '
+                         r'not an image Pillow can read\)'),
+    'missing input': (['reconstruct', '--workdir', '{workdir}', '{tmp}/missing.png', '{image}',
+                       '--output', '{tmp}/o'], r'error: .*missing.png: no such file or folder'),
+    'missing input to encode': (['encode', '--workdir', '{workdir}', '{image}',
+                                 '{tmp}/missing.png', '--output', '{tmp}/z.npz'],
+                                r'error: .*missing.png: no such file or folder'),
     'cannot sample': (['sample', '--workdir', '{workdir}', '--output', '{tmp}/o'],
                       r"error: model 'seed\+identity\+mse' cannot sample"),
     'bad latents': (['decode', '--workdir', '{workdir}', '--latents', '{tmp}/file',

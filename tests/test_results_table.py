@@ -131,3 +131,37 @@ def test_the_parameter_count_includes_a_learned_prior_over_the_training_grid():
   grid = 8 * 8 * config.model.bottleneck.latent_channels  # 32x32 images, 4x downsampled.
   # loc, log_diag and a grid x rank factor.
   assert results_table.parameter_count(config) - standard == grid * (2 + 4)
+
+
+def test_the_targets_table_says_met_or_by_how_much(cae_workdir, tmp_path, capsys):
+  from tools import refresh_tables
+  psnr = _final_eval(cae_workdir)['eval/psnr']
+  targets = tmp_path / 'targets.json'
+  targets.write_text(json.dumps({
+      'met': {'anchor': 'a', 'checks': [{'figure': 'psnr', 'at_least': round(psnr - 1, 1)}]},
+      'missed': {'anchor': 'b', 'checks': [
+          {'figure': 'psnr', 'at_least': psnr + 0.5},
+          {'stated': 'samples that are not noise', 'met': False, 'name': 'samples',
+           'why': 'noise'}]},
+      'relative': {'anchor': 'c', 'checks': [{'figure': 'psnr', 'at_least_run': 'met'}]},
+  }))
+  runs = [f'{name}={cae_workdir}' for name in ('met', 'missed', 'relative', 'free')]
+  assert results_table.main(['--targets', str(targets), *runs]) == 0
+  header, _, *lines = capsys.readouterr().out.strip().splitlines()
+  assert header.startswith(refresh_tables.HEADER)  # So that the page's table regenerates.
+  rows = [dict(zip(results_table.TARGET_COLUMNS, [c.strip() for c in r.strip('|').split('|')]))
+          for r in lines]
+  assert [r['run'] for r in rows] == ['met', 'missed', 'relative', 'free']
+  assert rows[0]['main figure'] == f'{psnr:.2f} dB' and rows[0]['training'] == '2 steps'
+  assert rows[0]['target'] == f'PSNR at least {round(psnr - 1, 1):g} dB'
+  assert rows[0]['status'] == 'PSNR **met**'
+  assert rows[1]['target'] == (f'PSNR at least {psnr + 0.5:g} dB; samples that are not noise')
+  assert rows[1]['status'] == 'PSNR **missed by 0.50 dB**; samples **missed** (noise)'
+  assert rows[2]['target'] == "PSNR at least met's" and rows[2]['status'] == 'PSNR **met**'
+  assert [rows[3][c] for c in ('anchor', 'target', 'status')] == ['-', 'none set', '-']
+  # A target that names a row the table lacks: one line.
+  targets.write_text(json.dumps(
+      {'met': {'anchor': 'a', 'checks': [{'figure': 'psnr', 'at_least_run': 'nope'}]}}))
+  assert results_table.main(['--targets', str(targets), f'met={cae_workdir}']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: target of met: no row 'nope'") and len(err.splitlines()) == 1

@@ -285,7 +285,8 @@ def test_automatic_micro_batches_split_only_where_the_step_stays_exact(cifar_con
     config.model = cifar.model(preset)
     for key, value in overrides.items():
       config.model[key].update(value)
-    return steps.micro_batches(config, models.create_model(config.model), devices, backend)
+    return steps.micro_batches(config, models.create_model(config.model), devices, backend,
+                               (32, 32, 3))
 
   assert chosen() == 4 and chosen('resae') == 4 and chosen('vae') == 4
   assert chosen(batch_size=16) == 2 and chosen(batch_size=8) == 1  # Parts of 8 or more.
@@ -295,6 +296,6 @@ def test_automatic_micro_batches_split_only_where_the_step_stays_exact(cifar_con
   assert chosen('vqvae') == chosen('vqvae-resnet') == 1
   assert chosen('fsq') == 1 and chosen('fsq', bottleneck={'entropy_weight': 0.0}) == 4
   assert chosen('resae', backbone={'normalization': 'batch'}) == 1
-  assert not models.Autoencoder().splits_exactly  # A model of one's own, unless it says so.
   config = cifar_config(batch_size=128, micro_batches=2)
-  assert steps.micro_batches(config, models.create_model(cifar.model('vqvae')), 1, 'cpu') == 2
+  assert steps.micro_batches(config, models.create_model(cifar.model('vqvae')), 1, 'cpu',
+                             (32, 32, 3)) == 2

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The quality campaign's runs (issue 18; README, Results): each preset at its own default
+# The quality campaign's runs (issue 18; docs/results.md): each preset at its own default
 # config (configs/cifar.py:NAME carries its settings), evaluated every 500 steps for the
 # curves; its config.json, metrics.jsonl and last pictures are kept in results/quality/NAME
 # (checkpoints stay in RUNS/NAME).

@@ -15,6 +15,14 @@ tools/first_eval_check.py report kept as WORKDIR/first_eval_check_KIND.json (KIN
 machine kind it reran on); '-' where a file is absent. With --curves, also writes one PNG
 of each run's eval PSNR (and bits/dim, where present) against training steps. A run trained
 with weight EMA gets two rows: its EMA weights (eval/) and its raw weights (eval_raw/).
+
+With --targets FILE, prints instead one short row per run: how long it trained, its main
+figure (bits/dim where the model has a likelihood, else PSNR; and its codes used), and, where
+FILE (JSON) holds the run's NAME, its anchor, its target and whether each part of the target
+is met or by how much. A part of a target is {"figure": "psnr" | "codes_used" | "bpd",
+"at_least" | "at_most": VALUE} or {"figure": ..., "at_least_run": NAME} (another row's
+figure), computed from the run; or {"stated": TEXT, "met": BOOL, "name": TEXT, "why": TEXT}
+(name and why optional), an outcome judged or measured outside the run's folder, shown as such.
 """
 import json
 import os
@@ -91,6 +99,13 @@ def machine_label(workdir: str) -> str:
     return machine.label(json.load(f))
 
 
+def _model(workdir: str, config: ml_collections.ConfigDict):
+  try:
+    return models.create_model(config.model)
+  except ValueError as e:
+    raise errors.UserError(f'{workdir}/config.json: config.model: {e}') from None
+
+
 def _duration(seconds: float) -> str:
   minutes, seconds = divmod(int(round(seconds)), 60)
   hours, minutes = divmod(minutes, 60)
@@ -110,10 +125,7 @@ def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
   # The first report's rate includes compilation; the median of the rest is the steady one.
   rates = [l['steps_per_sec'] for l in lines if 'steps_per_sec' in l][1:]
   uptimes = [l['uptime'] for l in lines if 'uptime' in l]
-  try:
-    model = models.create_model(config.model)
-  except ValueError as e:
-    raise errors.UserError(f'{workdir}/config.json: config.model: {e}') from None
+  model = _model(workdir, config)
   fmt = lambda key, spec: format(last[key], spec) if key in last else '-'
   return {
       'run': name, 'model': model.label or config.model.name,
@@ -133,10 +145,103 @@ def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
   }
 
 
-def markdown(rows: list[dict[str, str]]) -> str:
-  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-  lines += ['| ' + ' | '.join(r[c] for c in COLUMNS) + ' |' for r in rows]
+def markdown(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> str:
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(r[c] for c in columns) + ' |' for r in rows]
   return '\n'.join(lines)
+
+
+# The --targets table. Its first columns are the full table's, so tools/refresh_tables.py
+# finds it the same way.
+TARGET_COLUMNS = ('run', 'model', 'training', 'main figure', 'anchor', 'target', 'status')
+# figure: (its eval/ key, its name, how a bound reads, how a shortfall reads).
+FIGURES = {
+    'psnr': ('eval/psnr', 'PSNR', lambda v: f'{v:g} dB', lambda d: f'{d:.2f} dB'),
+    'codes_used': ('eval/codes_used', 'codes used', lambda v: f'{100 * v:g}%',
+                   lambda d: f'{100 * d:.1f} percentage points'),
+    'bpd': ('eval/bpd', 'bits/dim', lambda v: f'{v:g}', lambda d: f'{d:.2f}'),
+}
+
+
+def _last_eval(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+  config, lines = read_run(workdir)
+  evals = [l for l in lines if 'eval/mse' in l]
+  if not evals:
+    raise errors.UserError(f'{workdir}/metrics.jsonl has no evaluation yet')
+  return config, evals[-1]
+
+
+def _training(config: ml_collections.ConfigDict, step: int) -> str:
+  if config.num_train_steps > 0:
+    return f'{step} steps'
+  epochs = f'{config.num_epochs:g}'
+  return f'{epochs} epoch{"" if epochs == "1" else "s"} ({step} steps)'
+
+
+def _main_figure(workdir: str, config: ml_collections.ConfigDict, last: dict, model) -> str:
+  if 'eval/bpd' in last:
+    main = f'{last["eval/bpd"]:.3f} bits/dim' + importance_weighted_bpd(
+        workdir, config, last['step'])
+  else:
+    main = f'{last["eval/psnr"]:.2f} dB'
+  if 'eval/codes_used' in last:
+    main += f', {100 * last["eval/codes_used"]:.1f}% of {model.num_codes} codes'
+  return main
+
+
+def _figure(finals: dict[str, dict], run: str, key: str, of: str) -> float:
+  if run not in finals or key not in finals[run]:
+    raise errors.UserError(f'target of {of}: no row {run!r} with {key} in this table')
+  return finals[run][key]
+
+
+def _check(check: dict, name: str, finals: dict[str, dict]) -> tuple[str, str]:
+  """(how the target reads, how its outcome reads) of one part of run `name`'s target."""
+  if 'stated' in check:
+    outcome = ' '.join(filter(None, [check.get('name'), '**met**' if check['met'] else
+                                     '**missed**', f'({check["why"]})' if 'why' in check else '']))
+    return check['stated'], outcome
+  if check.get('figure') not in FIGURES:
+    raise errors.UserError(f'target of {name}: figure {check.get("figure")!r} is none of '
+                           f'{", ".join(FIGURES)}')
+  key, words, bound_reads, shortfall_reads = FIGURES[check['figure']]
+  value = _figure(finals, name, key, name)
+  if 'at_least_run' in check:
+    other = check['at_least_run']
+    bound, above = _figure(finals, other, key, name), True
+    said = f"{words} at least {other}'s"
+  elif 'at_least' in check or 'at_most' in check:
+    above = 'at_least' in check
+    bound = check['at_least'] if above else check['at_most']
+    said = f'{words} {"at least" if above else "at most"} {bound_reads(bound)}'
+  else:
+    raise errors.UserError(f'target of {name}: {check} names no at_least, at_most or '
+                           'at_least_run')
+  shortfall = bound - value if above else value - bound
+  if shortfall <= 0:
+    return said, f'{words} **met**'
+  return said, f'{words} **missed by {shortfall_reads(shortfall)}**'
+
+
+def target_rows(runs: list[tuple[str, str]], targets: dict) -> list[dict[str, str]]:
+  """The --targets table's rows: each run's main figure, and its target where it has one."""
+  finals, rows = {}, []
+  for name, workdir in runs:
+    config, last = _last_eval(workdir)
+    finals[name] = last
+    model = _model(workdir, config)
+    rows.append({'run': name, 'model': model.label or config.model.name,
+                 'training': _training(config, last['step']),
+                 'main figure': _main_figure(workdir, config, last, model)})
+  for entry in rows:
+    target = targets.get(entry['run'])
+    if target is None:
+      entry.update({'anchor': '-', 'target': 'none set', 'status': '-'})
+      continue
+    said, outcomes = zip(*(_check(c, entry['run'], finals) for c in target['checks']))
+    entry.update({'anchor': target['anchor'], 'target': '; '.join(said),
+                 'status': '; '.join(outcomes)})
+  return rows
 
 
 def plot_curves(runs: list[tuple[str, str]], path: str) -> None:
@@ -169,10 +274,22 @@ def main(argv=None) -> int:
   parser = errors.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('runs', nargs='+', help='NAME=WORKDIR or WORKDIR')
   parser.add_argument('--curves', help='Also write the eval curves of the runs to this PNG.')
+  parser.add_argument('--targets', help='A JSON of the runs\' anchors and targets: print one '
+                      'short row per run, its target met or by how much.')
   args = parser.parse_args(argv)
   runs = [tuple(r.rsplit('=', 1)) if '=' in r else (os.path.basename(r.rstrip('/')), r)
           for r in args.runs]
   try:
+    if args.targets:
+      try:
+        with open(args.targets, encoding='utf-8') as f:
+          targets = json.load(f)
+      except (OSError, ValueError) as e:
+        raise errors.UserError(f'--targets {args.targets} cannot be read ({e})') from None
+      print(markdown(target_rows(runs, targets), TARGET_COLUMNS))
+      if args.curves:
+        plot_curves(runs, args.curves)
+      return 0
     rows = []
     for name, workdir in runs:
       if any('eval_raw/mse' in l for l in read_run(workdir)[1]):  # EMA: both weights.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The 1-epoch sanity runs of the presets (README, Results): each trains through launch.py on
+# The 1-epoch sanity runs of the presets (docs/results.md): each trains through launch.py on
 # CIFAR-10 in DATA_DIR, then its config.json, metrics.jsonl and last pictures are kept in
 # results/sanity/NAME (checkpoints stay in RUNS/NAME).
 #     tools/sanity_runs.sh /tmp/tfds /tmp/runs cae vqvae-resnet ...

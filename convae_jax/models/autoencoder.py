@@ -116,10 +116,6 @@ class PartsAutoencoder(base.Autoencoder):
   def has_importance_weights(self) -> bool:
     return self._parts['bottleneck'].can_sample and self._parts['likelihood'].proper
 
-  @property
-  def splits_exactly(self) -> bool:
-    return self._parts['backbone'].splits_exactly and self._parts['bottleneck'].splits_exactly
-
   def setup(self):
     backbone, likelihood = self._parts['backbone'], self._parts['likelihood']
     initializing = self.is_initializing()

@@ -106,13 +106,6 @@ class Autoencoder(nn.Module):
     return False
 
   @property
-  def splits_exactly(self) -> bool:
-    """Whether a step averaged over micro-batches is the whole batch's step up to float
-    rounding; automatic micro-batching (config.micro_batches=0) splits only such a model.
-    False unless a model says so: batch statistics (batch norm, codebook updates) differ."""
-    return False
-
-  @property
   def exact_input_range(self) -> tuple[float, float] | None:
     """The one config.input_range the model can serve (a likelihood over the 256 levels of
     [0, 1]), or None for any range inside `output_range`."""

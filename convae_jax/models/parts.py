@@ -47,12 +47,6 @@ class Backbone:
     """Channels of the encoder's output."""
     raise NotImplementedError
 
-  @property
-  def splits_exactly(self) -> bool:
-    """Whether a step averaged over micro-batches is the whole batch's step, up to float
-    rounding (config.micro_batches): False for a part with statistics of the batch."""
-    return True
-
   def encoder(self) -> nn.Module:
     """A module called as encoder(images, train) -> features."""
     raise NotImplementedError
@@ -90,12 +84,6 @@ class Bottleneck(nn.Module):
   def num_codes(self) -> int:
     """Size of the discrete code book whose indices `codes` holds; 0 for none."""
     return 0
-
-  @property
-  def splits_exactly(self) -> bool:
-    """Whether a step averaged over micro-batches is the whole batch's step, up to float
-    rounding (config.micro_batches): False for a part with statistics of the batch."""
-    return True
 
   def __call__(self, features: jax.Array, train: bool, image_dims: int) -> BottleneckOutput:
     """`image_dims`: values per image (H * W * C), to give loss terms in nats per image

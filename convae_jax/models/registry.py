@@ -9,9 +9,6 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-# Model names of earlier versions, now presets of the `autoencoder` (configs/cifar.py:NAME).
-RETIRED_MODELS = ('cae', 'resae', 'vae', 'vqvae', 'denoising')
-
 
 def _source_file(cls: type) -> str | None:
   """The file that defines `cls`'s methods (found through flax's method wrappers)."""
@@ -96,11 +93,6 @@ def known_models() -> list[str]:
 
 
 def get_model_class(name: str) -> type:
-  if name in RETIRED_MODELS and name not in MODELS.names():
-    raise ValueError(
-        f'model.name {name!r} is from an older convae_jax: it is now the preset '
-        f'configs/cifar.py:{name}, an `autoencoder` of parts (model.backbone, model.bottleneck, '
-        'model.likelihood); retrain with that preset (docs/parts.md)')
   return MODELS.get(name)
 
 

@@ -139,10 +139,6 @@ class ResNetBackbone(parts.Backbone):
   def feature_channels(self) -> int:
     return self.latent_channels
 
-  @property
-  def splits_exactly(self) -> bool:
-    return self.normalization != 'batch'  # Batch norm's statistics are of each part.
-
   def encoder(self) -> nn.Module:
     return ResEncoder(tuple(self.widths), self.blocks_per_stage, self.latent_channels,
                       self.normalization, ACTIVATIONS[self.activation])

@@ -110,10 +110,6 @@ class FiniteScalarQuantizer(parts.Bottleneck):
   def num_codes(self) -> int:
     return math.prod(self.levels)
 
-  @property
-  def splits_exactly(self) -> bool:
-    return self.entropy_weight == 0  # The entropy term is of each part's batch.
-
   def current_entropy_weight(self, train: bool) -> jax.Array | float:
     """The entropy term's weight at this step (counting the step when `train`)."""
     if not self.entropy_decay_steps:

@@ -68,10 +68,6 @@ class VectorQuantizer(parts.Bottleneck):
   # BatchNorm): codebook statistics are of the global batch. None: one device.
   axis_name: str | None = None
 
-  @property
-  def splits_exactly(self) -> bool:
-    return False  # Data initialization, restarts and codebook statistics are of each part.
-
   def __post_init__(self):
     what = "model.bottleneck 'vq'"
     base.require(what, 'num_codes', self.num_codes,
