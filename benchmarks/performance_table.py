@@ -33,6 +33,11 @@ def _model(record: dict) -> str:
   return record['model'] + (f" (widths {','.join(map(str, widths))})" if widths else '')
 
 
+def _code(record: dict) -> str:
+  """The code measured, where the file says (an A/B against another commit)."""
+  return f"; code: {record['code']}" if 'code' in record else ''
+
+
 def rows(records: dict[str, dict]) -> list[str]:
   by_kind = {'compare': [], 'launch': [], 'torch_run': [], 'step': []}
   for name, record in records.items():
@@ -52,7 +57,7 @@ def rows(records: dict[str, dict]) -> list[str]:
     best = r['torch_best']
     out.append(f"| train step, {r['parameters']:,} parameters, batch {r['batch_size']}, "
                f"{r['jax_micro_batches']} micro-batches; in one process, windows alternating, "
-               f"median of {r['windows']} | {_model(r)} | {rates['jax']:,.0f} | "
+               f"median of {r['windows']}{_code(r)} | {_model(r)} | {rates['jax']:,.0f} | "
                f"{rates[best]:,.0f} ({best.removeprefix('torch_')}) | "
                f"**{r['ratio_jax_over_torch_best']:.2f}** | {RANDOM} | {_machine(r)} | "
                f"{_command(r)} |")

@@ -62,10 +62,10 @@ def check_dataset(name: str, what: str = 'config.dataset') -> None:
                       'photo_patches (offline), and tfds.list_builders())')
 
 
-def check(config: ml_collections.ConfigDict, num_devices: int,
-          num_processes: int = 1) -> models.Autoencoder:
-  """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes);
-  returns the model it describes."""
+def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes),
+  config.model included (its parts' settings, and what its output range allows): once it
+  passes, `models.create_model(config.model, config.dtype)` builds the model."""
   _check_keys_and_types(config)
   if config.dtype not in trainer_config.DTYPES:
     raise ConfigError(f'config.dtype={config.dtype!r}: must be one of '
@@ -164,4 +164,3 @@ def check(config: ml_collections.ConfigDict, num_devices: int,
     except errors.UserError as e:
       raise ConfigError(str(e)) from None
   check_dataset(config.dataset)
-  return model

@@ -24,8 +24,8 @@ from absl import logging
 from clu import periodic_actions
 
 from convae_jax import (checkpointing, config_checks, data, distributed, errors, evaluation,
-                        image_grid, input_pipeline, malloc_env, optimizer, paths, pixels,
-                        preemption, steps, workdir as workdir_lib, writers)
+                        image_grid, input_pipeline, malloc_env, models, optimizer, paths,
+                        pixels, preemption, steps, workdir as workdir_lib, writers)
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -64,7 +64,8 @@ def _built_for_channels(config, model, channels: int):
                current, channels)
   config = config.copy_and_resolve_references()
   config.model.image_channels = channels
-  return config, config_checks.check(config, jax.device_count(), jax.process_count())
+  config_checks.check(config, jax.device_count(), jax.process_count())
+  return config, models.create_model(config.model, config.dtype)
 
 
 def _unreplicate_to_host(tree):
@@ -83,7 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   FloatingPointError on non-finite values (with on_non_finite='stop'), and
   preemption.Preempted after saving when SIGTERM/SIGINT arrived.
   """
-  model = config_checks.check(config, jax.device_count(), jax.process_count())
+  config_checks.check(config, jax.device_count(), jax.process_count())
+  model = models.create_model(config.model, config.dtype)
   workdir = paths.check_dir(workdir, '--workdir')
   distributed.check_equal_local_devices()
   # Process 0 prepares a missing dataset first, so processes never build it side by side.
@@ -111,7 +113,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
                  steps.micro_batches(config, model, jax.device_count(), jax.default_backend(),
                                      info.image_shape),
                  jax.default_backend())
-  logging.info('Config:\n%s', config)
   with contextlib.ExitStack() as stack:
     # Process 0 holds the lock for the run (the others share its workdir); if it cannot,
     # every process stops.
@@ -157,6 +158,7 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
   logging.info('%d train / %d eval images of shape %s; %d steps of %d on %d %s devices',
                source.num_train_examples, source.num_eval_examples, image_shape,
                num_train_steps, config.batch_size, jax.device_count(), jax.default_backend())
+  logging.info('Config:\n%s', config)
   if jax.process_index() == 0:
     workdir_lib.save_config(config, workdir, start_step)
   writer = writers.create_writer(workdir)
@@ -187,6 +189,7 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
       scalars.update({f'eval_raw/{k}': v for k, v in raw.items()})
     writer.write_scalars(step, scalars)
     last_eval.update(scalars, step=step)
+    logging.info('Evaluation at %s', _eval_summary(last_eval))
     if jax.process_index() > 0:
       return
     grids = {}
@@ -211,14 +214,10 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
 
   train_iter = flax.jax_utils.prefetch_to_device(source.train_batches(start_step), 2, devices)
   hooks = []
-  if jax.process_index() == 0:
-    hooks.append(periodic_actions.ReportProgress(
-        num_train_steps=num_train_steps, writer=writer, every_steps=config.log_every_steps,
-        every_secs=None))
-    if config.profile_num_steps > 0:
-      hooks.append(periodic_actions.Profile(logdir=workdir,
-                                            num_profile_steps=config.profile_num_steps,
-                                            first_profile=start_step + 10))
+  if jax.process_index() == 0 and config.profile_num_steps > 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir,
+                                          num_profile_steps=config.profile_num_steps,
+                                          first_profile=start_step + 10))
   progress = _Progress(start_step, num_train_steps, config.batch_size)
 
   state = steps.replicate(state, devices)
@@ -235,6 +234,9 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
         two_steps_back = train_metrics
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, train_metrics = p_train_step(state, train_metrics, next(train_iter), step_rng)
+        if step == start_step + 1:  # Speed is timed from here: the first step compiles.
+          jax.block_until_ready(train_metrics)
+          progress.restart(step)
         for hook in hooks:
           hook(step)
         is_last = step == num_train_steps
@@ -243,15 +245,18 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
         # Logging also checks the values are finite, so it runs before every save.
         if step % config.log_every_steps == 0 or save_now:
           scalars = flax.jax_utils.unreplicate(train_metrics).compute()
-          progress.log(step)
+          steps_per_sec = progress.log(step, float(scalars['loss']))
           last_kept = max(last_kept, float(scalars['last_kept_step']))
           _check_skips(step, last_kept, config, checkpointer)
           # With every step of the window skipped, its averages are of nothing (NaN).
           applied_any = float(scalars['skipped_steps']) < step - last_logged
           _check_finite(scalars, last_logged, step, config.on_non_finite, checkpointer,
                         applied_any)
-          writer.write_scalars(step, {f'train/{k}': float(v) for k, v in scalars.items()
-                                      if k not in ('first_non_finite_step', 'last_kept_step')})
+          logged = {f'train/{k}': float(v) for k, v in scalars.items()
+                    if k not in ('first_non_finite_step', 'last_kept_step')}
+          if steps_per_sec is not None:
+            logged['steps_per_sec'] = steps_per_sec
+          writer.write_scalars(step, logged)
           train_metrics, last_logged = no_train_metrics(), step
         if (step % config.eval_every_steps == 0 or is_last) and not stopping:
           evaluate(step, state)
@@ -271,22 +276,30 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
 
 
 class _Progress:
-  """Log lines that show a run is alive: step, speed since the last line, time left."""
+  """One log line per log step, to show a run is alive: step, loss, speed since the last line
+  (compilation left out), time left."""
 
   def __init__(self, start_step: int, num_train_steps: int, batch_size: int):
     self._start = self._last = (time.monotonic(), start_step)
     self._num_train_steps, self._batch_size = num_train_steps, batch_size
 
-  def log(self, step: int) -> None:
+  def restart(self, step: int) -> None:
+    """Times the next line's window from now, after `step`."""
+    self._last = (time.monotonic(), step)
+
+  def log(self, step: int, loss: float) -> float | None:
+    """Logs the line; returns the window's steps per second (None for an empty window)."""
     now = time.monotonic()
     seconds, steps = now - self._last[0], step - self._last[1]
     self._last = (now, step)
-    if jax.process_index() > 0 or steps <= 0 or seconds <= 0:
-      return
+    if steps <= 0 or seconds <= 0:
+      return None
     left = (self._num_train_steps - step) * seconds / steps
-    logging.info('Step %d of %d (%.0f%%): %.0f images/s, %s left', step, self._num_train_steps,
-                 100 * step / self._num_train_steps, steps * self._batch_size / seconds,
-                 _duration(left))
+    if jax.process_index() == 0:
+      logging.info('Step %d of %d (%.0f%%): loss %.4g, %.0f images/s, %s left', step,
+                   self._num_train_steps, 100 * step / self._num_train_steps, loss,
+                   steps * self._batch_size / seconds, _duration(left))
+    return steps / seconds
 
   def elapsed(self) -> str:
     return _duration(time.monotonic() - self._start[0])

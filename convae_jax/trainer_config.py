@@ -89,7 +89,7 @@ def defaults() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000  # Also saved at the end.
   config.max_to_keep = 3
   config.num_grid_images = 32  # Test images shown beside their reconstructions.
-  config.profile_num_steps = 5  # Steps traced into the workdir for TensorBoard; 0 = off.
+  config.profile_num_steps = 0  # Steps traced into the workdir for TensorBoard; 0 = off.
 
   # A NaN/Inf loss or gradient: 'stop' the run (nothing non-finite is ever saved), or 'skip'
   # that step's update and go on (ON_NON_FINITE).

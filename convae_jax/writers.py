@@ -1,4 +1,4 @@
-"""Metric writers: clu's TensorBoard + console writers, plus WORKDIR/metrics.jsonl."""
+"""Metric writers: clu's TensorBoard writer, plus WORKDIR/metrics.jsonl."""
 import json
 import math
 import os
@@ -58,10 +58,11 @@ class JsonlWriter(interface.MetricWriter):
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """Process 0 writes TensorBoard, console and metrics.jsonl; the others only log."""
+  """Process 0 writes TensorBoard events and metrics.jsonl; the trainer's own log lines are
+  the console's (one per log step and evaluation). The other processes write nothing."""
   if jax.process_index() > 0:
-    return metric_writers.create_default_writer(workdir, just_logging=True)
+    return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
+      metric_writers.SummaryWriter(workdir),
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
   ])

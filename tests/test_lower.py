@@ -12,7 +12,7 @@ import pytest
 
 from configs import cifar
 from conftest import tiny
-from convae_jax import config_checks, optimizer, steps, trainer_config
+from convae_jax import config_checks, models, optimizer, steps, trainer_config
 
 # jax.export's platform names, with the jax.default_backend() of each.
 PLATFORMS = {'cuda': 'gpu', 'tpu': 'tpu'}
@@ -105,7 +105,8 @@ def _step(config, model, kind: str):
 @pytest.mark.parametrize('preset', cifar.VARIANTS)
 def test_preset_step_lowers_for_gpu_and_tpu(preset, dtype, kind):
   config = tiny(cifar.get_config(preset), dtype=dtype)
-  model = config_checks.check(config, DEVICES)
+  config_checks.check(config, DEVICES)
+  model = models.create_model(config.model, config.dtype)
   for platform in PLATFORMS:
     unexpected = _unexpected_custom_calls(_lower(lambda: _step(config, model, kind), platform))
     assert not unexpected, (

@@ -30,7 +30,8 @@ def _smooth_images(num: int, seed: int) -> np.ndarray:
 def test_a_bfloat16_step_keeps_parameters_and_results_float32(preset, cifar_config):
   config = cifar_config(dtype='bfloat16')
   config.model = cifar.model(preset)
-  model = config_checks.check(config, jax.device_count())
+  config_checks.check(config, jax.device_count())
+  model = models.create_model(config.model, config.dtype)
   assert model.dtype == 'bfloat16'
   # The backbone computes in bfloat16: its features are rounded to it.
   variables = model.init({'params': jax.random.key(0), **{s: jax.random.key(1) for s in
@@ -57,7 +58,8 @@ def _test_mse(dtype: str) -> float:
   """The seed's test MSE after TRAIN_STEPS on one device, in `dtype`."""
   config = cifar.get_config('cae')
   config.dtype, config.batch_size = dtype, BATCH_SIZE
-  model = config_checks.check(config, 1)
+  config_checks.check(config, 1)
+  model = models.create_model(config.model, config.dtype)
   device = jax.local_devices()[:1]
   state = flax.jax_utils.replicate(steps.create_train_state(
       model, optimizer.create_optimizer(config), jax.random.key(0), (32, 32, 3)), device)

@@ -196,10 +196,13 @@ def test_the_runs_cpu_kernels_are_recorded_and_its_evaluation_reproduces_bitwise
   trained = [line for line in lines if 'eval/psnr' in line][-1]
   for name in ('mse', 'psnr', 'ssim', 'loss'):
     assert evaluated[name] == trained[f'eval/{name}'], name
-  # The kernels change the last bits: the equality above is not a coincidence.
+  # The checkpoint computes the same function with the plain modules (as on a GPU), but not
+  # the same last bits: the equality above is not a coincidence.
   other = inference.load(workdir)
   other.config.kernels = 'none'
-  assert other.evaluate(batch_size=128)['mse'] != evaluated['mse']
+  plain = other.evaluate(batch_size=128)['mse']
+  assert plain != evaluated['mse']
+  np.testing.assert_allclose(plain, evaluated['mse'], rtol=1e-4)
 
 
 @pytest.mark.parametrize('overrides,message', [

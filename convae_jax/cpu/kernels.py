@@ -6,9 +6,10 @@ set a run uses: 'auto' (every kernel on a CPU backend, none on a GPU or TPU), 'n
 names from KERNELS separated by commas. The trainer records the resolved set in the run's
 config.json, and evaluation and inference read it back, so they compute as the run did.
 
-The set is put in by `use(names)`, Flax's method interception around the tracing of a step:
-a module whose class has a kernel in the set, with settings that kernel takes (`applies`),
-is computed by the kernel; every other module runs its own `__call__`.
+The set is put in by `use(kernels)` (`tracing_with` for a function given to jit or pmap):
+Flax's method interception around the tracing of a step. A module whose class has a kernel
+in the set, with settings that kernel takes (`applies`), is computed by the kernel; every
+other module runs its own `__call__`.
 """
 import contextlib
 import dataclasses
