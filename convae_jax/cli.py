@@ -1,11 +1,14 @@
 """The command line: `convae MODE ...` (installed) or `python -m convae_jax.cli MODE ...`.
 
   train        trains: launch.py's flags (convae train --config configs/cifar.py --workdir W)
+  pretrained   lists the trained presets shipped in the package, with their test figures
 
-The other modes use a trained model; each loads WORKDIR's newest checkpoint, or --step N
-(with its EMA weights when trained with config.ema_decay > 0, or --weights raw):
+The other modes use a trained model: --pretrained NAME (shipped weights), or --workdir W
+(its newest checkpoint, or --step N; with its EMA weights when trained with
+config.ema_decay > 0, or --weights raw):
   evaluate     metrics of a TFDS split (mse, psnr, ssim, the model's own): a table and a JSON
-               (--output, default WORKDIR/evaluation_SPLIT_STEP.json; _raw.json for --weights raw)
+               (--output, default WORKDIR/evaluation_SPLIT_STEP.json; _raw.json for --weights
+               raw; evaluation_NAME_SPLIT.json here for --pretrained NAME)
   reconstruct  PNG/JPEG files or folders of any size -> --output DIR: NAME_original.png,
                NAME_reconstruction.png, grid.png (originals beside reconstructions), psnr.json;
                prints each image's PSNR
@@ -28,7 +31,7 @@ import sys
 
 import numpy as np
 
-from convae_jax import errors, image_grid, image_io, inference, logs
+from convae_jax import errors, image_grid, image_io, inference, logs, pretrained
 
 logs.quiet_tensorflow()  # TensorFlow starts only to read a TFDS split (evaluate).
 
@@ -37,7 +40,10 @@ MAX_GRID_PAIRS = 64
 
 def build_parser() -> argparse.ArgumentParser:
   common = argparse.ArgumentParser(add_help=False)
-  common.add_argument('--workdir', required=True, help='The training run\'s workdir.')
+  which = common.add_mutually_exclusive_group(required=True)
+  which.add_argument('--workdir', help='The training run\'s workdir.')
+  which.add_argument('--pretrained', metavar='NAME',
+                     help='A trained preset shipped in the package (convae pretrained).')
   common.add_argument('--step', type=int, default=None,
                       help='Checkpoint step to load (default: the newest).')
   common.add_argument('--weights', choices=inference.WEIGHTS, default='ema',
@@ -55,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
   modes = parser.add_subparsers(dest='mode', required=True, metavar='MODE')
   modes.add_parser('train', add_help=False,
                    help='Train (launch.py\'s flags: see train --help).')
+  modes.add_parser('pretrained', help='List the trained presets shipped in the package.')
   p = modes.add_parser('evaluate', parents=[common], help='Metrics on a TFDS split.')
   p.add_argument('--split', default=None, help='TFDS split (default: config.eval_split).')
   p.add_argument('--dataset', default=None, help='TFDS name (default: config.dataset).')
@@ -126,9 +133,11 @@ def evaluate(args, trained) -> None:
   print(f'{"metric":<16} {"value":>12}')
   for name in ['mse', 'psnr', 'ssim'] + sorted(set(results) - {'mse', 'psnr', 'ssim'}):
     print(f'{name:<16} {results[name]:>12.6g}')
-  path = args.output or os.path.join(
-      trained.workdir, f'evaluation_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}_{trained.step}'
-      f'{"_raw" if trained.config.ema_decay > 0 and trained.weights == "raw" else ""}.json')
+  safe_split = re.sub(r'[^A-Za-z0-9_.-]+', '_', split)
+  raw = '_raw' if trained.config.ema_decay > 0 and trained.weights == 'raw' else ''
+  path = args.output or (
+      f'evaluation_{args.pretrained}_{safe_split}.json' if args.pretrained else
+      os.path.join(trained.workdir, f'evaluation_{safe_split}_{trained.step}{raw}.json'))
   _write_json(path, {'workdir': trained.workdir, 'step': trained.step, 'model': trained.name,
                      'weights': trained.weights,
                      'dataset': dataset, 'split': split, 'num_images': num_images,
@@ -248,6 +257,21 @@ def interpolate(args, trained) -> None:
         f'to {out}')
 
 
+def list_pretrained() -> None:
+  """One line per shipped preset: its model, training and test figures (CIFAR-10 JPEG copy)."""
+  shipped = pretrained.names()
+  if not shipped:
+    print('no pretrained models are shipped in this installation')
+    return
+  print(f'{"name":<16} {"model":<40} {"training":<22} test figures ({"CIFAR-10, JPEG copy"})')
+  for name in shipped:
+    manifest = pretrained.manifest(name)
+    print(f'{name:<16} {manifest["model"]:<40} {manifest["training"]:<22} '
+          f'{manifest["test_summary"]}')
+  print('use: convae reconstruct --pretrained NAME IMAGES --output DIR, '
+        "inference.load('pretrained:NAME'), --config.init_from=pretrained:NAME")
+
+
 MODES = {'evaluate': evaluate, 'reconstruct': reconstruct, 'encode': encode, 'decode': decode,
          'sample': sample, 'interpolate': interpolate}
 
@@ -260,6 +284,9 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   logs.quiet_libraries()
   try:
+    if args.mode == 'pretrained':
+      list_pretrained()
+      return 0
     if args.mode in ('reconstruct', 'encode', 'interpolate'):  # Before loading anything.
       image_io.check_inputs(args.inputs)
     if args.mode in ('reconstruct', 'interpolate'):  # Refuse a bad --output before loading.
@@ -269,7 +296,10 @@ def main(argv=None) -> int:
         importlib.import_module(module)
       except ImportError as e:
         raise inference.UsageError(f'--module {module}: {e}') from None
-    trained = inference.load(args.workdir, args.step, args.weights)
+    if args.pretrained is not None:
+      trained = inference.load(pretrained.PREFIX + args.pretrained, args.step, args.weights)
+    else:
+      trained = inference.load(args.workdir, args.step, args.weights)
     MODES[args.mode](args, trained)
   except errors.UserError as e:
     return errors.report(e)

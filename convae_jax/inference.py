@@ -4,12 +4,14 @@ sample, interpolate or evaluate.
     from convae_jax import inference
     model = inference.load('/tmp/cae')              # newest checkpoint; step=N for another
                                                     # (EMA weights if trained with them)
+    model = inference.load('pretrained:resae')      # weights shipped in the package
     recon = model.reconstruct(images)               # float [N, H, W, C] or [H, W, C] in [0, 1]
     z = model.encode(images); same = model.decode(z, size=images.shape[-3:-1])
     model.evaluate('test')                          # {'mse': ..., 'psnr': ..., 'ssim': ...}
 
 The model is rebuilt from WORKDIR/config.json (the config the trainer resolved and saved) and
-restored from WORKDIR/checkpoints/STEP. Images of any size work: the models are fully
+restored from WORKDIR/checkpoints/STEP; a pretrained one from its manifest and weights
+(convae_jax/pretrained). Images of any size work: the models are fully
 convolutional, and sides that do not divide by 2**num_downsamplings are padded (reflect, at
 the bottom and right) and the outputs cropped back. Pixels are floats in [0, 1] (uint8 is
 accepted too); they are mapped to and from the config's `input_range` here.
@@ -30,6 +32,7 @@ import numpy as np
 
 from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, models,
                         optimizer, paths, pixels, steps, trainer_config)
+from convae_jax import pretrained
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -79,13 +82,19 @@ WEIGHTS = ('ema', 'raw')  # What `load(weights=...)` allows.
 
 
 def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'TrainedModel':
-  """The model trained in `workdir`, restored from checkpoint `step` (default: the newest).
+  """The model trained in `workdir`, restored from checkpoint `step` (default: the newest);
+  or, for 'pretrained:NAME', the shipped preset NAME (`convae_jax.pretrained`).
 
   A run trained with config.ema_decay > 0 gives its EMA weights (what its eval/ metrics are
   of), or with weights='raw' the raw ones (eval_raw/); a run without EMA, its weights.
   """
   if weights not in WEIGHTS:
     raise UsageError(f'weights={weights!r}: must be one of {", ".join(WEIGHTS)}')
+  name = pretrained.name_of(workdir)
+  if name is not None:
+    if step is not None:
+      raise UsageError(f'{workdir} is one set of weights; drop --step')
+    return load_pretrained(name)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):
     raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
@@ -131,6 +140,27 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
   return TrainedModel(model=model, config=config,
                       state=steps.evaluated_weights(state, config.ema_decay, used), step=step,
                       workdir=workdir, channels=channels, weights=used)
+
+
+def load_pretrained(name: str) -> 'TrainedModel':
+  """The shipped preset `name`: its manifest's config and its weights, checked against the
+  model's parameter tree."""
+  manifest = pretrained.manifest(name)
+  config = trainer_config.completed(ml_collections.ConfigDict(manifest['config']))
+  model = models.create_model(config.model, config.dtype)
+  image_shape = tuple(manifest['image_shape'])
+  target = steps.abstract_train_state(model, optimizer.create_optimizer(config), image_shape)
+  variables = pretrained.weights(name)
+  for part in ('params', 'model_state'):
+    difference = steps.tree_difference(getattr(target, part), variables[part])
+    if difference:
+      raise pretrained.PretrainedError(f'pretrained {name!r}: its weights do not fit its model '
+                                       f'({part}: {difference}); reinstall convae_jax')
+  state = steps.TrainState(step=manifest['steps'], apply_fn=model.apply, tx=None, opt_state=None,
+                           params=variables['params'], model_state=variables['model_state'])
+  return TrainedModel(model=model, config=config, state=state, step=manifest['steps'],
+                      workdir=pretrained.PREFIX + name, channels=image_shape[-1],
+                      weights=manifest['weights'])
 
 
 @dataclasses.dataclass(eq=False, repr=False)

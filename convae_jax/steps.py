@@ -15,6 +15,7 @@ import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from clu import metrics as clu_metrics
 from flax.training import train_state
@@ -41,8 +42,8 @@ class TrainState(train_state.TrainState):
 class EmaTrainState(TrainState):
   """A train state with an exponential moving average of the weights (config.ema_decay > 0).
 
-  A subclass rather than an optional field, so that a state without EMA keeps the structure
-  of earlier checkpoints. `ema` is optax.ema's state (count, biased average); the weights are
+  A subclass rather than an optional field, so that a state without EMA has no EMA entry
+  in its checkpoints. `ema` is optax.ema's state (count, biased average); the weights are
   `ema_params(state, decay)`, the debiased average of the weights after each update.
   """
   ema: optax.EmaState = None
@@ -74,6 +75,22 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
     return EmaTrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                 model_state=variables, ema=optax.ema(ema_decay).init(params))
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
+
+
+def tree_difference(expected, given) -> str | None:
+  """The first difference between two trees of arrays (a key one lacks, or a shape), in words;
+  None when they have the same keys and shapes."""
+  flat = lambda tree: {jax.tree_util.keystr(path): np.shape(leaf)
+                       for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  want, have = flat(expected), flat(given)
+  for key in sorted(set(want) | set(have)):
+    if key not in have:
+      return f'{key} is missing'
+    if key not in want:
+      return f'{key} is not in the model'
+    if tuple(want[key]) != tuple(have[key]):
+      return f'{key} has shape {tuple(have[key])}, the model {tuple(want[key])}'
+  return None
 
 
 def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
@@ -249,7 +266,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
   more call per step, which on a CPU wakes the cores the step runs on."""
   metrics_cls = train_metrics_class(model, image_shape)
   step = functools.partial(
-      train_step, model=on_devices(model), metrics_cls=metrics_cls, input_range=tuple(config.input_range),
+      train_step, model=on_devices(model), metrics_cls=metrics_cls,
+      input_range=tuple(config.input_range),
       skip_non_finite=config.on_non_finite == 'skip',
       micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend(),
                                   image_shape),

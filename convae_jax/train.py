@@ -25,7 +25,8 @@ from clu import periodic_actions
 
 from convae_jax import (checkpointing, config_checks, data, distributed, errors, evaluation,
                         image_grid, input_pipeline, malloc_env, models, optimizer, paths,
-                        pixels, preemption, steps, workdir as workdir_lib, writers)
+                        pixels, preemption, steps, warm_start, workdir as workdir_lib,
+                        writers)
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -98,6 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
   config = config.copy_and_resolve_references()
   config.kernels = cpu_kernels.resolve(config.kernels)
   _check_image_shape(model, info.image_shape)
+  init_variables = warm_start.load(config.init_from, model, info.image_shape,
+                                   optimizer.create_optimizer(config)) if config.init_from else None
   if info.num_examples[config.train_split] is not None:  # Else checked once the data is read.
     _check_warmup(config, _num_train_steps(config, info.num_examples[config.train_split]))
   input_mode, why = data.choose_mode(config, info)
@@ -119,11 +122,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> steps
     with distributed.same_outcome(workdir_lib.WorkdirBusyError):
       if jax.process_index() == 0:
         stack.enter_context(workdir_lib.WorkdirLock(workdir))
-    return _train_locked(config, workdir, model, info, input_mode)
+    return _train_locked(config, workdir, model, info, input_mode, init_variables)
 
 
 def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
-                  input_mode: str) -> steps.TrainState:
+                  input_mode: str, init_variables: dict | None) -> steps.TrainState:
   devices = jax.local_devices()
   input_range = tuple(config.input_range)
   open_source = lambda: data.open_source(config, input_mode, info, len(devices),
@@ -144,6 +147,9 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
       steps.abstract_train_state(model, tx, image_shape, config.ema_decay))
   if state is None:
     state = steps.create_train_state(model, tx, init_rng, image_shape, config.ema_decay)
+    if init_variables is not None:
+      state = warm_start.start_from(state, init_variables, config.ema_decay)
+      logging.info('Started from the weights of %s', config.init_from)
   else:
     logging.info('Resumed from %s at step %d', checkpointer.directory, int(state.step))
   start_step = int(state.step)
@@ -254,6 +260,7 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
                         applied_any)
           logged = {f'train/{k}': float(v) for k, v in scalars.items()
                     if k not in ('first_non_finite_step', 'last_kept_step')}
+          logged['uptime'] = progress.seconds()  # Of this process's training.
           if steps_per_sec is not None:
             logged['steps_per_sec'] = steps_per_sec
           writer.write_scalars(step, logged)
@@ -301,8 +308,11 @@ class _Progress:
                    steps * self._batch_size / seconds, _duration(left))
     return steps / seconds
 
+  def seconds(self) -> float:
+    return time.monotonic() - self._start[0]
+
   def elapsed(self) -> str:
-    return _duration(time.monotonic() - self._start[0])
+    return _duration(self.seconds())
 
 
 def _duration(seconds: float) -> str:

@@ -101,6 +101,10 @@ def defaults() -> ml_collections.ConfigDict:
   config.max_consecutive_skips = 100
 
   config.seed = 0
+  # Start a new run from other weights (fresh optimizer state; the EMA, if on, from them):
+  # 'pretrained:NAME' (convae pretrained lists them) or 'WORKDIR' or 'WORKDIR:STEP'. A run that
+  # has checkpoints of its own resumes from them instead. '' = random initialization.
+  config.init_from = ''
   return config
 
 

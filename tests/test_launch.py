@@ -20,8 +20,8 @@ def _args(workdir, data_dir, steps):
 
 def _final_params(workdir, config):
   model = models.create_model(config.model)
-  template = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
-                                      (32, 32, 3))
+  template = steps.create_train_state(model, optimizer.create_optimizer(config),
+                                      jax.random.key(0), (32, 32, 3))
   return checkpointing.Checkpointer(str(workdir), 3).restore(template).params
 
 

@@ -71,7 +71,7 @@ from convae_jax import xla_cpu_flags
 xla_cpu_flags.apply()
 import flax.jax_utils, jax, numpy as np
 from configs import cifar
-from convae_jax import models, steps
+from convae_jax import models, optimizer, steps
 config = cifar.get_config()
 config.batch_size = 32
 model = models.create_model(config.model)

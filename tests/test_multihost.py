@@ -61,8 +61,8 @@ def _wait(processes, timeout=240):
 
 def _checkpoint_params(workdir, config, step):
   model = models.create_model(config.model)
-  template = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
-                                      (32, 32, 3))
+  template = steps.create_train_state(model, optimizer.create_optimizer(config),
+                                      jax.random.key(0), (32, 32, 3))
   return checkpointing.Checkpointer(str(workdir), 3).restore(template, step).params
 
 

@@ -123,7 +123,7 @@ class PartsAutoencoder(base.Autoencoder):
     self.decoder = layers.computing_in(
         backbone.decoder(likelihood.decoder_channels(self.image_channels)), self.dtype,
         initializing)
-    # Parameter names as in earlier versions' single-file models, so their workdirs load.
+    # The attribute names are the checkpoints' parameter names (bottleneck_part, ...).
     bottleneck = self._parts['bottleneck']
     self.bottleneck_part = (bottleneck.clone(axis_name=self.axis_name)
                             if hasattr(bottleneck, 'axis_name') else bottleneck.clone())

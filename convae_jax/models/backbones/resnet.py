@@ -47,7 +47,7 @@ class Norm(nn.Module):
     if self.kind == 'batch':
       # PyTorch's 0.1 in Flax's convention: Flax's default 0.99 lags far behind in short runs.
       return self.act(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    if self.kind == 'group':  # Named as nn.GroupNorm was, so earlier checkpoints load.
+    if self.kind == 'group':  # 'GroupNorm_0': the checkpoints' name for it.
       return layers.ActivatedGroupNorm(num_groups(x.shape[-1]), activation=self.act,
                                        name='GroupNorm_0')(x)
     if self.kind == 'layer':

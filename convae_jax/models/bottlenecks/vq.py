@@ -169,7 +169,8 @@ class VectorQuantizer(parts.Bottleneck):
     usage = self.usage_decay * usage + (1.0 - self.usage_decay) * share
     if self.codebook == 'ema':
       decay = self.ema_decay
-      assigned = layers.device_mean(one_hot.T @ jax.lax.stop_gradient(flat), self.axis_name) / flat.shape[0]
+      assigned = layers.device_mean(one_hot.T @ jax.lax.stop_gradient(flat),
+                                    self.axis_name) / flat.shape[0]
       cluster_size = jnp.where(was_initialized, variables['cluster_size'].value, 1.0 / k)
       cluster_size = decay * cluster_size + (1.0 - decay) * share
       embed_sum = jnp.where(was_initialized, variables['embed_sum'].value, codebook / k)
