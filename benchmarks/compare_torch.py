@@ -3,7 +3,7 @@
     python benchmarks/compare_torch.py --batch_size 128 --output compare.json
     python benchmarks/compare_torch.py --model resae --widths 32,64 --output compare.json
 
-`--model cae` is the seed (7,347 parameters; PyTorch's in convae_jax/torch_seed.py), `resae`
+`--model cae` is the seed (7,347 parameters; PyTorch's in benchmarks/torch_seed.py), `resae`
 the resnet backbone with GroupNorm and SiLU (benchmarks/torch_resnet.py; `--widths` sets its
 stage widths). Before timing, the script loads the PyTorch weights into the Flax model and
 checks that both have the same parameter count and compute the same reconstructions.

@@ -13,6 +13,7 @@ import pytest
 from configs import cifar
 from conftest import tiny
 from convae_jax import config_checks, models, optimizer, steps, trainer_config
+from convae_jax.cpu import kernels as cpu_kernels
 
 # jax.export's platform names, with the jax.default_backend() of each.
 PLATFORMS = {'cuda': 'gpu', 'tpu': 'tpu'}
@@ -81,7 +82,7 @@ def _per_device(tree):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct((DEVICES,) + s.shape, s.dtype), tree)
 
 
-def _step(config, model, kind: str):
+def _step(config, model, kind: str, kernels: str = 'auto'):
   """(the pmapped step as the trainer makes it, its abstract arguments)."""
   tx = optimizer.create_optimizer(config, NUM_TRAIN_STEPS)
   state = _per_device(steps.abstract_train_state(model, tx, IMAGE_SHAPE, config.ema_decay))
@@ -96,7 +97,7 @@ def _step(config, model, kind: str):
   images = jax.ShapeDtypeStruct((DEVICES, config.eval_batch_size // DEVICES) + IMAGE_SHAPE,
                                 jnp.uint8)
   mask = jax.ShapeDtypeStruct(images.shape[:2], jnp.bool_)
-  return (steps.make_eval_step(model, tuple(config.input_range), IMAGE_SHAPE),
+  return (steps.make_eval_step(model, tuple(config.input_range), IMAGE_SHAPE, kernels),
           (state, images, mask, rng))
 
 
@@ -112,6 +113,17 @@ def test_preset_step_lowers_for_gpu_and_tpu(preset, dtype, kind):
     assert not unexpected, (
         f'{preset} {kind} step ({dtype}) on {platform} calls {", ".join(sorted(unexpected))}: '
         'a CPU-only kernel, or a GPU/TPU one to check and add to ALLOWED_CUSTOM_CALLS')
+
+
+@pytest.mark.parametrize('preset', ['cae', 'resae'])
+def test_a_cpu_trained_run_evaluates_on_gpu_and_tpu(preset):
+  # Its config.json names the CPU kernels, and evaluation computes with them anywhere.
+  config = tiny(cifar.get_config(preset))
+  model = models.create_model(config.model)
+  every = ','.join(cpu_kernels.KERNELS)
+  for platform in PLATFORMS:
+    text = _lower(lambda: _step(config, model, 'eval', every), platform)
+    assert not _unexpected_custom_calls(text)
 
 
 def _pmapped(fn):

@@ -108,11 +108,14 @@ def _train_lines(workdir):
           if 'train/loss' in line]
 
 
-def test_init_from_a_workdir_starts_from_its_weights(cae_workdir, photo_data_dir, tmp_path):
+@pytest.mark.parametrize('source', ['workdir', 'pretrained'])
+def test_init_from_starts_from_the_weights_it_names(source, cae_workdir, photo_data_dir,
+                                                    tmp_path):
+  init_from = cae_workdir if source == 'workdir' else pretrained.PREFIX + 'cae'
   config = tiny(photos.get_config('cae'), data_dir=photo_data_dir, num_train_steps=1,
-                log_every_steps=1, init_from=cae_workdir)
+                log_every_steps=1, init_from=init_from)
   state = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  source = inference.load(cae_workdir)
+  source = inference.load(init_from)
   # The first step's loss is the loaded model's on the first batch.
   images = _first_batch(config, photo_data_dir)
   expected = float(np.mean(source.model.apply(source.variables, images).losses['mse']))
