@@ -47,6 +47,8 @@ def test_a_shipped_preset_reproduces_its_figures(name, photo_data_dir):
   for key, value in recorded['metrics'].items():
     if same_kind:
       assert metrics[key] == value, key
+    elif key in ('codes_used', 'code_perplexity'):  # Counts: one code may land otherwise.
+      np.testing.assert_allclose(metrics[key], value, rtol=0.01, err_msg=key)
     else:
       np.testing.assert_allclose(metrics[key], value, rtol=1e-5, err_msg=key)
 
