@@ -108,16 +108,7 @@ def jax_runner(variant: str, backbone: dict, batch_size: int):
   """(run(n steps), the micro-batches it uses) of the trainer's own step at its defaults."""
   step, state, batch, micro_batches = train_step.make_step(
       variant, batch_size, jax.local_devices(), backbone=backbone)
-  rng = jax.random.key(1)
-  holder = {'state': state}
-
-  def run(n):
-    out = None
-    for _ in range(n):
-      holder['state'], out = step(holder['state'], batch, rng)
-    jax.block_until_ready(out)
-
-  return run, micro_batches
+  return train_step.step_runner(step, state, batch), micro_batches
 
 
 def main():

@@ -36,17 +36,8 @@ def parse_variant(text: str) -> tuple[str, str]:
 def compiled_step(model: str, batch_size: int, backbone: dict, kernels: str):
   step, state, batch, micro_batches = train_step.make_step(
       model, batch_size, jax.local_devices(), backbone=backbone, kernels=kernels)
-  rng = jax.random.key(1)
-  compiled = step.lower(state, batch, rng).compile()
-  holder = {'state': state}
-
-  def run(n):
-    out = None
-    for _ in range(n):
-      holder['state'], out = compiled(holder['state'], batch, rng)
-    jax.block_until_ready(out)
-
-  return run, micro_batches
+  compiled = step.lower(state, batch, jax.random.key(1)).compile()
+  return train_step.step_runner(compiled, state, batch), micro_batches
 
 
 def main():

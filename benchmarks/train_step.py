@@ -51,6 +51,21 @@ def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
   return step, flax.jax_utils.replicate(state, devices), batch, config.micro_batches
 
 
+def step_runner(step, state, batch):
+  """run(n): `n` calls of the pmapped train `step` from `state` on `batch` (the state carried
+  from call to call), blocked on at the end."""
+  rng = jax.random.key(1)
+  holder = {'state': state}
+
+  def run(n):
+    out = None
+    for _ in range(n):
+      holder['state'], out = step(holder['state'], batch, rng)
+    jax.block_until_ready(out)
+
+  return run
+
+
 def time_windows(run_steps, steps: int, windows: int) -> list[float]:
   """Seconds per window of `steps` calls (results blocked on at the end of each)."""
   times = []
@@ -66,15 +81,7 @@ def benchmark(variant: str, batch_size: int, steps: int, windows: int, warmup: i
   devices = jax.local_devices()
   step, state, batch, micro_batches = make_step(variant, batch_size, devices, micro_batches,
                                                 dtype, kernels=kernels)
-  rng = jax.random.key(1)
-  holder = {'state': state}
-
-  def run_steps(n):
-    metrics_out = None
-    for _ in range(n):
-      holder['state'], metrics_out = step(holder['state'], batch, rng)
-    jax.block_until_ready(metrics_out)
-
+  run_steps = step_runner(step, state, batch)
   start = time.perf_counter()
   run_steps(1)
   compile_s = time.perf_counter() - start
