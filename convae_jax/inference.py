@@ -151,11 +151,10 @@ def load_pretrained(name: str) -> 'TrainedModel':
   image_shape = tuple(manifest['image_shape'])
   target = steps.abstract_train_state(model, optimizer.create_optimizer(config), image_shape)
   variables = pretrained.weights(name)
-  for part in ('params', 'model_state'):
-    difference = steps.tree_difference(getattr(target, part), variables[part])
-    if difference:
-      raise pretrained.PretrainedError(f'pretrained {name!r}: its weights do not fit its model '
-                                       f'({part}: {difference}); reinstall convae_jax')
+  difference = steps.variables_difference(target, variables)
+  if difference:
+    raise pretrained.PretrainedError(f'pretrained {name!r}: its weights do not fit its model '
+                                     f'({difference}); reinstall convae_jax')
   state = steps.TrainState(step=manifest['steps'], apply_fn=model.apply, tx=None, opt_state=None,
                            params=variables['params'], model_state=variables['model_state'])
   return TrainedModel(model=model, config=config, state=state, step=manifest['steps'],

@@ -93,6 +93,16 @@ def tree_difference(expected, given) -> str | None:
   return None
 
 
+def variables_difference(target: TrainState, variables: dict) -> str | None:
+  """The first difference between `variables` ({'params', 'model_state'}) and the state
+  `target` (e.g. abstract_train_state's), in words; None when they fit."""
+  for part in ('params', 'model_state'):
+    difference = tree_difference(getattr(target, part), variables[part])
+    if difference:
+      return f'{part}: {difference}'
+  return None
+
+
 def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
                          ema_decay: float = 0.0) -> TrainState:
   """The train state's structure, shapes and dtypes, computing nothing: a restore target."""

@@ -32,12 +32,11 @@ def load(init_from: str, model, image_shape: tuple[int, ...], tx) -> dict:
     raise config_checks.ConfigError(f'config.init_from={init_from!r}: {e}') from None
   target = steps.abstract_train_state(model, tx, image_shape)
   variables = {'params': trained.state.params, 'model_state': trained.state.model_state}
-  for part in ('params', 'model_state'):
-    difference = steps.tree_difference(getattr(target, part), variables[part])
-    if difference:
-      raise config_checks.ConfigError(
-          f'config.init_from={init_from!r}: its weights do not fit config.model ({part}: '
-          f'{difference}); start from a run of the same model')
+  difference = steps.variables_difference(target, variables)
+  if difference:
+    raise config_checks.ConfigError(
+        f'config.init_from={init_from!r}: its weights do not fit config.model ({difference}); '
+        'start from a run of the same model')
   return jax.tree.map(lambda x, t: jax.numpy.asarray(x, t.dtype), variables,
                       {'params': target.params, 'model_state': target.model_state})
 

@@ -141,10 +141,7 @@ def main():
                        capture_output=True, text=True, env={**os.environ, **TEST_ENV})
   manifest['photo_patches_test'] = json.loads(out.stdout.strip().splitlines()[-1])
   from convae_jax import pretrained  # pylint: disable=g-import-not-at-top
-  path = os.path.join(pretrained.DIRECTORY, f'{args.name}.json')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-    f.write('\n')
+  path = pretrained.write_manifest(args.name, manifest)
   print(f'{args.name}: {manifest["test_summary"]} ({manifest["training"]}); wrote {path}')
 
 

@@ -19,10 +19,7 @@ def conv_transpose(module, x: jax.Array) -> jax.Array:
   with an unflipped kernel."""
   n, h, w, c = x.shape
   ka, kb = conv_util.pairs(module.kernel_size)
-  kernel = module.param('kernel', module.kernel_init, (ka, kb, c, module.features),
-                        module.param_dtype)
-  bias = module.param('bias', module.bias_init, (module.features,), module.param_dtype)
-  x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  kernel, bias, x = conv_util.conv_parameters(module, x)
   kernel = kernel[::-1, ::-1]
   # A plain 2-D matrix product: XLA:CPU lays an einsum's output out as (a, b, o) x (n, h, w)
   # and then transposes it twice; this keeps pixels major and pays one depth-to-space.

@@ -32,8 +32,8 @@ def is_plain_square_conv(module) -> bool:
 
 
 def conv_parameters(module, x: jax.Array):
-  """(kernel, bias, x) of a conv module, created or read under nn.Conv's names and shapes,
-  in the dtype nn.Conv computes in."""
+  """(kernel, bias, x) of a conv module (nn.Conv, or nn.ConvTranspose without
+  transpose_kernel), created or read under its names and shapes, in the dtype it computes in."""
   k = pairs(module.kernel_size)
   kernel = module.param('kernel', module.kernel_init, k + (x.shape[-1], module.features),
                         module.param_dtype)

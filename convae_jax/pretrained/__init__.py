@@ -77,10 +77,17 @@ def write(name: str, variables: dict, manifest_fields: dict) -> dict:
     f.write(data)
   written = {'name': name, **manifest_fields, 'sha256': hashlib.sha256(data).hexdigest(),
              'bytes': len(data)}
-  with open(os.path.join(DIRECTORY, f'{name}.json'), 'w', encoding='utf-8') as f:
-    json.dump(written, f, indent=2, sort_keys=True)
-    f.write('\n')
+  write_manifest(name, written)
   return written
+
+
+def write_manifest(name: str, manifest_fields: dict) -> str:
+  """Writes NAME.json; returns its path."""
+  path = os.path.join(DIRECTORY, f'{name}.json')
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(manifest_fields, f, indent=2, sort_keys=True)
+    f.write('\n')
+  return path
 
 
 def machine_kind() -> str:
