@@ -20,7 +20,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax.training import train_state
 
-from convae_jax import metrics, optimizer, pixels
+from convae_jax import metrics, optimizer, perceptual, pixels
 from convae_jax.cpu import kernels as cpu_kernels
 
 AXIS = 'batch'  # The pmap axis of the data-parallel devices.
@@ -248,12 +248,13 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
 
 
 def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: jax.Array, *,
-              model, value_range: tuple[float, float], metrics_cls):
-  """Per-image metrics of one eval batch; `mask` drops the padding of the last batch."""
+              model, value_range: tuple[float, float], metrics_cls, lpips_params=None):
+  """Per-image metrics of one eval batch; `mask` drops the padding of the last batch.
+  `lpips_params`: the LPIPS weights of metrics.image_metrics (None: no lpips)."""
   images = pixels.model_input(images, value_range)
   output, _ = _apply(model, state, state.params, images, train=False,
                      rngs=step_rngs(model, base_rng, state.step))
-  values = metrics.image_metrics(output.reconstruction, images, value_range)
+  values = metrics.image_metrics(output.reconstruction, images, value_range, lpips_params)
   values['loss'] = sum(output.losses.values())
   values.update({f'loss_{name}': term for name, term in output.losses.items()})
   values.update(output.metrics)
@@ -314,13 +315,21 @@ _as_step_output = jax.pmap(lambda tree: tree, axis_name=AXIS)
 def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...],
                    kernels: str = 'auto'):
   """`eval_step` pmapped over the local devices: (replicated state, images, mask, rng) ->
-  averages of mse, psnr, ssim, loss and the model's own terms and metrics (and the code
-  counts of a model with codes). `kernels`: config.kernels of the run."""
-  names = ['loss', 'mse', 'psnr', 'ssim'] + metric_names(model, image_shape, train=False)
+  averages of mse, psnr, ssim, lpips (for images of 1 or 3 channels), loss and the model's
+  own terms and metrics (and the code counts of a model with codes). `kernels`:
+  config.kernels of the run.
+
+  The LPIPS weights are bound as the keyword argument `lpips_params`, replicated once here
+  (pmap maps keyword arguments over their leading axis); a caller may pass its own."""
+  measured = perceptual.measurable(image_shape[-1])
+  names = (['loss', 'mse', 'psnr', 'ssim'] + (['lpips'] if measured else []) +
+           metric_names(model, image_shape, train=False))
   step = functools.partial(eval_step, model=on_devices(model), value_range=input_range,
                            metrics_cls=metrics.eval_collection(names, model.num_codes))
-  return jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
-                  in_axes=(0, 0, 0, None))
+  p_step = jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
+                    in_axes=(0, 0, 0, None))
+  lpips_params = replicate(perceptual.weights(perceptual.EVAL_NETWORK)) if measured else None
+  return functools.partial(p_step, lpips_params=lpips_params)
 
 
 def metric_names(model, image_shape: tuple[int, ...], train: bool = True) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from configs import cifar
 from conftest import tiny
-from convae_jax import config_checks, models, optimizer, steps, trainer_config
+from convae_jax import config_checks, models, optimizer, perceptual, steps, trainer_config
 from convae_jax.cpu import kernels as cpu_kernels
 
 # jax.export's platform names, with the jax.default_backend() of each.
@@ -97,8 +97,11 @@ def _step(config, model, kind: str, kernels: str = 'auto'):
   images = jax.ShapeDtypeStruct((DEVICES, config.eval_batch_size // DEVICES) + IMAGE_SHAPE,
                                 jnp.uint8)
   mask = jax.ShapeDtypeStruct(images.shape[:2], jnp.bool_)
-  return (steps.make_eval_step(model, tuple(config.input_range), IMAGE_SHAPE, kernels),
-          (state, images, mask, rng))
+  eval_step = steps.make_eval_step(model, tuple(config.input_range), IMAGE_SHAPE, kernels)
+  # The LPIPS weights as an argument, as the trainer passes them, not as constants.
+  lpips = _per_device(jax.eval_shape(lambda: perceptual.weights(perceptual.EVAL_NETWORK)))
+  return (lambda *args: eval_step.func(*args[:-1], lpips_params=args[-1]),
+          (state, images, mask, rng, lpips))
 
 
 @pytest.mark.parametrize('kind', ['train', 'eval'])
