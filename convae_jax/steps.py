@@ -232,8 +232,12 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   def grads_of(images, rngs):
     """(loss, adaptive losses), aux, the gradient of the loss, {adaptive term: its gradient}."""
     if not objective.adaptive:
-      ((loss, adaptive), aux), grads = jax.value_and_grad(
-          lambda p: loss_fn(p, images, rngs), has_aux=True)(state.params)
+      def scalar_loss(params):
+        (loss, adaptive), aux = loss_fn(params, images, rngs)
+        return loss, (adaptive, aux)
+
+      (loss, (adaptive, aux)), grads = jax.value_and_grad(scalar_loss, has_aux=True)(
+          state.params)
       return (loss, adaptive), aux, grads, {}
     # One forward pass, one backward pass per gradient (the adaptive weight needs each).
     (loss, adaptive), vjp, aux = jax.vjp(lambda p: loss_fn(p, images, rngs), state.params,
