@@ -253,17 +253,13 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
                                         for k, r in rngs_of_step.items()}
     parts.append(grads_of(part, rngs))
   mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
-  reconstruction = jnp.concatenate([part[1][2] for part in parts])
   (loss, adaptive), (values, model_state, _), grads, adaptive_grads = jax.tree.map(
       lambda *xs: mean(*xs) if jnp.issubdtype(xs[0].dtype, jnp.inexact) else xs[0], *parts)
   grads = jax.lax.pmean(grads, axis_name=AXIS)
-  for name, term_grads in adaptive_grads.items():
-    term_grads = jax.lax.pmean(term_grads, axis_name=AXIS)
-    weight = losses.adaptive_weight(grads, term_grads, model.output_layer)
-    scale = weight * objective.terms[name].weight
-    grads = jax.tree.map(lambda g, t, scale=scale: g + scale * t, grads, term_grads)
-    loss = loss + scale * adaptive[name]
-    values[f'{name}_adaptive_weight'] = weight
+  if adaptive_grads:
+    loss, grads, term_values = objective.add_adaptive_terms(
+        loss, grads, adaptive, adaptive_grads, model.output_layer, AXIS)
+    values.update(term_values)
   # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
   model_state = jax.tree.map(
       lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
@@ -271,18 +267,11 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   networks_loss = jnp.zeros(())
   if state.networks:
-    networks = {}
-    for name, network in state.networks.items():
-      inputs = objective.inputs(name, images, jax.lax.stop_gradient(reconstruction),
-                                state.step, constants, state.networks, input_range)
-      (network_loss, network_values), network_grads = jax.value_and_grad(
-          lambda p, inputs=inputs, name=name: objective.terms[name].network_loss(
-              inputs.replace(params=p)), has_aux=True)(network.params)
-      networks[name] = network.apply_gradients(
-          grads=jax.lax.pmean(network_grads, axis_name=AXIS))
-      networks_loss = networks_loss + network_loss
-      values.update({f'{name}_{k}': v for k, v in network_values.items()})
+    reconstruction = jnp.concatenate([aux[2] for _, aux, _, _ in parts])
+    networks, networks_loss, network_values = objective.train_networks(
+        state.networks, images, reconstruction, state.step, constants, input_range, AXIS)
     new_state = new_state.replace(networks=networks)
+    values.update(network_values)
   if ema_decay > 0:  # With accumulation, only when the optimizer updated (mini step back to 0).
     updated = new_state.opt_state.mini_step == 0 if accumulate_steps > 1 else True
     _, ema = optax.ema(ema_decay).update(new_state.params, state.ema)

@@ -24,8 +24,9 @@ def _images(seed=0):
   return np.broadcast_to(batch, (jax.local_device_count(),) + batch.shape).copy()
 
 
-def _config(cifar_config, preset='resae', **terms):
-  config = cifar_config(model=cifar.get_config(preset).model, micro_batches=1)
+def _config(cifar_config, preset='resae', batch_size=8, micro_batches=1, **terms):
+  config = cifar_config(model=cifar.get_config(preset).model, batch_size=batch_size,
+                        micro_batches=micro_batches)
   config.losses = ml_collections.ConfigDict(terms)
   return config
 
@@ -120,6 +121,15 @@ def test_the_discriminator_trains_from_its_start_step_only(cifar_config):
     assert np.isfinite(values[f'adversarial_{name}'])
   # The model's parameters are not the discriminator's: its update leaves them alone.
   assert set(after.params) == set(before.params)
+
+
+def test_automatic_micro_batches_keep_an_adaptive_weight_whole(cifar_config):
+  lpips = _config(cifar_config, lpips={'weight': 1.0}, batch_size=128, micro_batches=0)
+  adaptive = _config(cifar_config, lpips={'weight': 1.0}, adversarial=_adversarial(),
+                     batch_size=128, micro_batches=0)
+  model = models.create_model(lpips.model)
+  assert steps.micro_batches(lpips, model, 4, 'cpu', SHAPE) == 4
+  assert steps.micro_batches(adaptive, model, 4, 'cpu', SHAPE) == 1
 
 
 @pytest.mark.slow

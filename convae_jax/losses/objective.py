@@ -88,6 +88,39 @@ class Objective:
         fixed[name] = term.weight * loss
     return fixed, adaptive, values
 
+  def add_adaptive_terms(self, loss, grads, adaptive: dict, adaptive_grads: dict,
+                         output_layer: tuple[str, ...], axis_name: str):
+    """(loss, grads, metrics) with each adaptive term added at `weight` times its adaptive
+    weight; `grads` are the other terms' gradient, averaged over `axis_name`, and
+    `adaptive_grads` each adaptive term's, averaged here, so the weight is one of the whole
+    batch whatever the devices."""
+    values = {}
+    for name, term_grads in adaptive_grads.items():
+      term_grads = jax.lax.pmean(term_grads, axis_name=axis_name)
+      weight = adaptive_weight(grads, term_grads, output_layer)
+      scale = weight * self.terms[name].weight
+      grads = jax.tree.map(lambda g, t, scale=scale: g + scale * t, grads, term_grads)
+      loss = loss + scale * adaptive[name]
+      values[f'{name}_adaptive_weight'] = weight
+    return loss, grads, values
+
+  def train_networks(self, networks: dict, images, reconstruction, step, constants,
+                     value_range, axis_name: str):
+    """(the terms' networks after one step each against the reconstructions, which get no
+    gradient; the sum of their losses; their metrics). Gradients are averaged over
+    `axis_name`."""
+    reconstruction = jax.lax.stop_gradient(reconstruction)
+    trained, total, values = {}, jnp.zeros(()), {}
+    for name, network in networks.items():
+      inputs = self.inputs(name, images, reconstruction, step, constants, networks, value_range)
+      (loss, metrics), grads = jax.value_and_grad(
+          lambda p, inputs=inputs, name=name: self.terms[name].network_loss(
+              inputs.replace(params=p)), has_aux=True)(network.params)
+      trained[name] = network.apply_gradients(grads=jax.lax.pmean(grads, axis_name=axis_name))
+      total = total + loss
+      values.update({f'{name}_{k}': v for k, v in metrics.items()})
+    return trained, total, values
+
   def metric_names(self, image_shape: tuple[int, ...]) -> list[str]:
     """The names the train step logs for the terms, read off their outputs."""
     if not self.terms:
