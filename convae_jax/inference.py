@@ -30,8 +30,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, losses, models,
-                        optimizer, paths, pixels, steps, trainer_config)
+from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, losses,
+                        models, optimizer, paths, pixels, steps, trainer_config)
 from convae_jax import pretrained
 from convae_jax.cpu import kernels as cpu_kernels
 

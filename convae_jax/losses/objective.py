@@ -60,9 +60,10 @@ class Objective:
                     tx: optax.GradientTransformation) -> dict[str, train_state.TrainState]:
     """Fresh states (parameters and optimizer state under `tx`) of the terms' networks."""
     rng = jax.random.fold_in(rng, _NETWORKS_KEY)
+    images = jnp.zeros((1,) + image_shape)
     return {name: train_state.TrainState.create(
                 apply_fn=net.apply, tx=tx,
-                params=net.init(jax.random.fold_in(rng, i), jnp.zeros((1,) + image_shape))['params'])
+                params=net.init(jax.random.fold_in(rng, i), images)['params'])
             for i, (name, net) in enumerate(sorted(self.networks.items()))}
 
   def inputs(self, name: str, images, reconstruction, step, constants, networks,

@@ -11,8 +11,9 @@ A term is a frozen dataclass registered in TERMS whose fields are its settings (
 gives a loss per example, which the trainer multiplies by `weight`. A term may read
 `constants` (frozen weights, such as LPIPS's network, handed to the step as arguments rather
 than compiled into it), train a network of its own (`trained_network`) against
-`network_loss` (a discriminator, with its own optimizer state), and be `adaptive`: scaled by VQGAN's adaptive
-weight, the ratio of the other terms' gradient norm to its own at the decoder's last layer.
+`network_loss` (a discriminator, with its own optimizer state), and be `adaptive`: scaled by
+VQGAN's adaptive weight, the ratio of the other terms' gradient norm to its own at the
+decoder's last layer.
 A new term is a new file that registers itself; the trainer does not change for it.
 """
 import dataclasses
