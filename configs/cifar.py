@@ -53,17 +53,17 @@ PRESET_SETTINGS = {
 }
 
 # The presets' loss terms beyond the model's own (config.losses; docs/losses.md). taming's
-# VQGAN and latent diffusion's autoencoder weigh LPIPS-VGG16 at 1.0 and the adaptive
-# adversarial term at 0.8 and 0.5, with the discriminator starting once the autoencoder
-# reconstructs. Scaled to 32x32 images on a CPU: LPIPS-AlexNet (VGG16 costs several times
-# the whole step: benchmarks/loss_terms.py), a narrower PatchGAN, and a start a third into
-# the run.
+# VQGAN and latent diffusion's autoencoder add LPIPS-VGG16 at 1.0 to an L1 pixel loss, and the
+# adaptive adversarial term at 0.8 and 0.5, the discriminator starting once the autoencoder
+# reconstructs. Scaled to 32x32 images on a CPU: LPIPS-AlexNet (VGG16 costs several times the
+# whole step: benchmarks/loss_terms.py), at 0.1 beside an MSE, whose gradient at these errors
+# is about a tenth of L1's; a narrower PatchGAN; the start a third into the run.
 ADVERSARIAL = {'start_step': 2000, 'loss': 'hinge', 'adaptive_weight': True,
                'discriminator': {'name': 'patchgan', 'widths': (32, 64, 128)}}
 LOSSES = {
-    'vqgan-resnet': {'lpips': {'weight': 1.0, 'network': 'alexnet'},
+    'vqgan-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'},
                      'adversarial': {**ADVERSARIAL, 'weight': 0.8}},
-    'klae-resnet': {'lpips': {'weight': 1.0, 'network': 'alexnet'},
+    'klae-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'},
                     'adversarial': {**ADVERSARIAL, 'weight': 0.5}},
 }
 

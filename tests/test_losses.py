@@ -1,6 +1,11 @@
 """Loss terms beyond the model's (config.losses): LPIPS, and an adversarial term whose
 discriminator trains in the same step with its own optimizer state, VQGAN's adaptive weight,
 exact resume, the new presets through launch.py, and the refusals."""
+import json
+import os
+import subprocess
+import sys
+
 import flax.jax_utils
 import jax
 import jax.numpy as jnp
@@ -11,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar
-from conftest import train_through_launch
+from conftest import REPO, train_through_launch
 from convae_jax import config_checks, losses, models, optimizer, perceptual, steps, train
 
 SHAPE = (32, 32, 3)
@@ -148,6 +153,25 @@ def test_a_resumed_run_ends_with_the_same_discriminator(cifar_config, tmp_path):
   _assert_trees_equal(straight.params, resumed.params)
   _assert_trees_equal(straight.opt_state, resumed.opt_state)
   _assert_trees_equal(straight.networks, resumed.networks)  # Parameters and Adam moments.
+
+
+@pytest.mark.slow
+def test_the_crash_script_ends_with_the_unstopped_runs_discriminator(tmp_path, photo_data_dir):
+  # SIGKILLed and relaunched: the final state, the discriminator's parameters and Adam moments
+  # included (tools/crash_test.py compares every leaf of the saved state), equals the
+  # unstopped run's bitwise.
+  result = subprocess.run(
+      [sys.executable, 'tools/crash_test.py', '--kills', '1', '--seed', '1', '--min_delay', '25',
+       '--max_delay', '35', '--workdir', str(tmp_path), '--', '--config',
+       'configs/photos.py:vqgan-resnet', f'--config.data_dir={photo_data_dir}',
+       '--config.num_train_steps=120', '--config.batch_size=16',
+       '--config.checkpoint_every_steps=10', '--config.eval_every_steps=100000',
+       '--config.losses.adversarial.start_step=20', '--config.profile_num_steps=0'],
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+  report = json.load(open(tmp_path / 'report.json', encoding='utf-8'))
+  assert report['final_state_equal'] is True
 
 
 @pytest.mark.slow
