@@ -22,28 +22,32 @@ if __name__ == '__main__':
 
 import flax.jax_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
+import ml_collections
 import numpy as np
 
 import machine  # pylint: disable=wrong-import-position  (benchmarks/, beside this file)
 from configs import cifar  # pylint: disable=wrong-import-position
-from convae_jax import models, optimizer, steps  # pylint: disable=wrong-import-position
+from convae_jax import losses, models, optimizer, steps  # pylint: disable=wrong-import-position
 
 
 def make_step(variant: str, batch_size: int, devices, micro_batches: int = 0,
-              dtype: str = 'float32', backbone: dict | None = None, kernels: str = 'auto'):
+              dtype: str = 'float32', backbone: dict | None = None, kernels: str = 'auto',
+              loss_terms: dict | None = None):
   """(step function, replicated state, device batch, micro-batches used) of the trainer's
   own train step; micro_batches 0 chooses them as the trainer does (steps.micro_batches).
   `backbone` updates the preset's config.model.backbone (e.g. {'widths': (32, 64)});
-  `kernels` is config.kernels."""
+  `kernels` is config.kernels; `loss_terms`, when given, replaces config.losses."""
   config = cifar.get_config(variant)
   config.batch_size, config.dtype, config.kernels = batch_size, dtype, kernels
   config.model.backbone.update(backbone or {})
+  if loss_terms is not None:
+    config.losses = ml_collections.ConfigDict(loss_terms)
   model = models.create_model(config.model, dtype)
   config.micro_batches = micro_batches  # 0: resolved below, as the trainer does.
   config.micro_batches = steps.micro_batches(config, model, len(devices), jax.default_backend(),
                                              (32, 32, 3))
   state = steps.create_train_state(model, optimizer.create_optimizer(config), jax.random.key(0),
-                                   (32, 32, 3))
+                                   (32, 32, 3), objective=losses.Objective(config.losses))
   step = steps.make_train_step(config, model, (32, 32, 3))
   images = np.random.default_rng(0).integers(
       0, 256, (len(devices), batch_size // len(devices), 32, 32, 3), dtype=np.uint8)

@@ -11,7 +11,8 @@ line; docs/parts.md says what each part does and how to add one.
 import ml_collections
 
 from convae_jax import trainer_config
-from convae_jax.models import parts
+from convae_jax.losses import term
+from convae_jax.models import discriminators, parts
 
 # preset: (backbone, bottleneck, likelihood, corruption).
 PRESETS = {
@@ -25,6 +26,10 @@ PRESETS = {
     'vae-resnet': ('resnet', 'gaussian', 'logistic_mixture', 'none'),
     'vqvae-resnet': ('resnet', 'vq', 'mse', 'none'),
     'fsq-resnet': ('resnet', 'fsq', 'mse', 'none'),
+    # With perceptual and adversarial terms (LOSSES): VQGAN's recipe, and latent diffusion's
+    # KL autoencoder's.
+    'vqgan-resnet': ('resnet', 'vq', 'mse', 'none'),
+    'klae-resnet': ('resnet', 'gaussian', 'mse', 'none'),
 }
 VARIANTS = tuple(PRESETS)
 
@@ -43,6 +48,23 @@ PRESET_SETTINGS = {
     'fsq-resnet': {'bottleneck': {'entropy_decay_steps': 3125}},
     # A learned prior whose samples vary together across the latent grid.
     'vae-resnet': {'bottleneck': {'prior': 'low_rank'}},
+    # Latent diffusion's KL weight: the latent is nearly deterministic, its scale kept in check.
+    'klae-resnet': {'bottleneck': {'beta': 1e-6, 'kl_warmup_steps': 0}},
+}
+
+# The presets' loss terms beyond the model's own (config.losses; docs/losses.md). taming's
+# VQGAN and latent diffusion's autoencoder add LPIPS-VGG16 at 1.0 to an L1 pixel loss, and the
+# adaptive adversarial term at 0.8 and 0.5, the discriminator starting once the autoencoder
+# reconstructs. Scaled to 32x32 images on a CPU: LPIPS-AlexNet (VGG16 costs several times the
+# whole step: benchmarks/loss_terms.py), at 0.1 beside an MSE, whose gradient at these errors
+# is about a tenth of L1's; a narrower PatchGAN; the start a third into the run.
+ADVERSARIAL = {'start_step': 2000, 'loss': 'hinge', 'adaptive_weight': True,
+               'discriminator': {'name': 'patchgan', 'widths': (32, 64, 128)}}
+LOSSES = {
+    'vqgan-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'},
+                     'adversarial': {**ADVERSARIAL, 'weight': 0.8}},
+    'klae-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'},
+                    'adversarial': {**ADVERSARIAL, 'weight': 0.5}},
 }
 
 
@@ -55,6 +77,8 @@ TRAINING = {
     'vqvae-resnet': {**RESNET_TRAINING, 'num_epochs': 16.0},  # 8 missed its target.
     'fsq-resnet': {**RESNET_TRAINING, 'num_epochs': 16.0},
     'vae-resnet': RESNET_TRAINING,
+    'vqgan-resnet': {**RESNET_TRAINING, 'num_epochs': 16.0},
+    'klae-resnet': RESNET_TRAINING,
 }
 
 
@@ -80,4 +104,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dataset = 'cifar10'
   config.model = model(arg or 'cae')
   config.update(TRAINING.get(arg or 'cae', {}))
+  config.losses = losses(arg or 'cae')
+  return config
+
+
+def losses(preset: str) -> ml_collections.ConfigDict:
+  """`config.losses` of a preset: each term with every setting listed."""
+  config = ml_collections.ConfigDict()
+  for name, settings in LOSSES.get(preset, {}).items():
+    settings = dict(settings)
+    if 'discriminator' in settings:
+      discriminator = dict(settings['discriminator'])
+      settings['discriminator'] = parts.part_config(
+          discriminators.DISCRIMINATORS, discriminator.pop('name'), **discriminator)
+    config[name] = parts.part_config(term.TERMS, name, **settings)
+    del config[name]['name']  # The key names the term.
   return config

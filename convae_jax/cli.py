@@ -6,7 +6,7 @@
 The other modes use a trained model: --pretrained NAME (shipped weights), or --workdir W
 (its newest checkpoint, or --step N; with its EMA weights when trained with
 config.ema_decay > 0, or --weights raw):
-  evaluate     metrics of a TFDS split (mse, psnr, ssim, the model's own): a table and a JSON
+  evaluate     metrics of a TFDS split (mse, psnr, ssim, lpips, the model's own): a table and a JSON
                (--output, default WORKDIR/evaluation_SPLIT_STEP.json; _raw.json for --weights
                raw; evaluation_NAME_SPLIT.json here for --pretrained NAME)
   reconstruct  PNG/JPEG files or folders of any size -> --output DIR: NAME_original.png,
@@ -131,7 +131,8 @@ def evaluate(args, trained) -> None:
   print(f'{dataset}:{split}, {num_images} images, model {trained.name!r} at step '
         f'{trained.step}, {trained.weights} weights')
   print(f'{"metric":<16} {"value":>12}')
-  for name in ['mse', 'psnr', 'ssim'] + sorted(set(results) - {'mse', 'psnr', 'ssim'}):
+  first = [name for name in ('mse', 'psnr', 'ssim', 'lpips') if name in results]
+  for name in first + sorted(set(results) - set(first)):
     print(f'{name:<16} {results[name]:>12.6g}')
   safe_split = re.sub(r'[^A-Za-z0-9_.-]+', '_', split)
   raw = '_raw' if trained.config.ema_decay > 0 and trained.weights == 'raw' else ''

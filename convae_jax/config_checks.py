@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from convae_jax import errors, models, optimizer, paths, trainer_config
+from convae_jax import errors, losses, models, optimizer, paths, trainer_config
 from convae_jax.cpu import kernels as cpu_kernels
 
 
@@ -62,6 +62,21 @@ def check_dataset(name: str, what: str = 'config.dataset') -> None:
                       'photo_patches (offline), and tfds.list_builders())')
 
 
+def _objective(config: ml_collections.ConfigDict, model) -> losses.Objective:
+  """config.losses's terms, checked against the model."""
+  try:
+    objective = losses.Objective(config.losses)
+    try:
+      channels = model.image_channels
+    except NotImplementedError:  # A model of one's own that does not say: RGB assumed.
+      channels = 3
+    objective.check(model, channels)
+  except (ValueError, TypeError) as e:
+    message = str(e)
+    raise ConfigError(message if message.startswith('config.') else f'config.{message}') from None
+  return objective
+
+
 def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
   """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes),
   config.model included (its parts' settings, and what its output range allows): once it
@@ -78,6 +93,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
     model = models.create_model(config.model, config.dtype)
   except (ValueError, TypeError, AttributeError) as e:
     raise ConfigError(f'config.model: {e}') from None
+  objective = _objective(config, model)
 
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
               'checkpoint_every_steps', 'max_to_keep', 'accumulate_steps'):
@@ -103,6 +119,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
   if config.micro_batches and (config.batch_size // num_devices) % config.micro_batches:
     raise ConfigError(f'config.micro_batches={config.micro_batches} does not divide the '
                       f'{config.batch_size // num_devices} images per device; use a divisor')
+  if config.micro_batches > 1 and objective.adaptive:
+    raise ConfigError(f'config.micro_batches={config.micro_batches}: the adaptive weight of '
+                      f'config.losses.{objective.adaptive[0]} is one of the whole batch; set '
+                      '--config.micro_batches=1 (or 0, automatic)')
   if config.optimizer not in optimizer.OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
                       f'{", ".join(optimizer.OPTIMIZERS)}')

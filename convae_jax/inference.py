@@ -30,8 +30,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, models,
-                        optimizer, paths, pixels, steps, trainer_config)
+from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, losses,
+                        models, optimizer, paths, pixels, steps, trainer_config)
 from convae_jax import pretrained
 from convae_jax.cpu import kernels as cpu_kernels
 
@@ -120,9 +120,15 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
                      'module that registers it first; the CLI takes --module NAME)') from None
   # At the training size: a learned prior's parameters are shaped by the latent grid.
   channels = model.image_channels
+  try:
+    objective = losses.Objective(config.losses)
+  except ValueError as e:
+    raise UsageError(f'{path}: {e} (a loss term of your own: import the module that '
+                     'registers it first; the CLI takes --module NAME)') from None
   target = steps.abstract_train_state(
       model, optimizer.create_optimizer(config),
-      (*training_image_size(config, 2**model.num_downsamplings), channels), config.ema_decay)
+      (*training_image_size(config, 2**model.num_downsamplings), channels), config.ema_decay,
+      objective)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   try:
     state = checkpointer.restore(target, step)
@@ -137,8 +143,9 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
   finally:
     checkpointer.close()
   used = 'ema' if weights == 'ema' and isinstance(state, steps.EmaTrainState) else 'raw'
-  return TrainedModel(model=model, config=config,
-                      state=steps.evaluated_weights(state, config.ema_decay, used), step=step,
+  # The model alone: a loss term's network (a discriminator) stays in the checkpoint.
+  state = steps.evaluated_weights(state, config.ema_decay, used).replace(networks={})
+  return TrainedModel(model=model, config=config, state=state, step=step,
                       workdir=workdir, channels=channels, weights=used)
 
 

@@ -5,7 +5,8 @@ first), so evaluation can mask padding and average over images:
   mse   mean over pixels and channels of the squared error;
   psnr  10 * log10(1 / mse) of each image (peak value 1);
   ssim  SSIM of each image (11x11 Gaussian window, sigma 1.5, k1=0.01, k2=0.03, per-channel,
-        averaged over positions and channels), as in Wang et al. (2004), via dm_pix.
+        averaged over positions and channels), as in Wang et al. (2004), via dm_pix;
+  lpips LPIPS-AlexNet of each image (perceptual.py), given its weights: lower is closer.
 For a model with discrete codes, `CodeCounts` counts each code's use over a whole split (each
 eval image once), from which `code_statistics` gives codes_used (the fraction of codes used
 at least once) and code_perplexity (exp of the entropy of the usage histogram).
@@ -20,21 +21,26 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-from convae_jax import pixels
+from convae_jax import perceptual, pixels
 
 
-def image_metrics(reconstruction: jax.Array, target: jax.Array,
-                  value_range: tuple[float, float]) -> dict[str, jax.Array]:
-  """Per-image mse, psnr and ssim on [0, 1] pixels; each of shape [batch]."""
+def image_metrics(reconstruction: jax.Array, target: jax.Array, value_range: tuple[float, float],
+                  lpips_params: dict | None = None) -> dict[str, jax.Array]:
+  """Per-image mse, psnr and ssim on [0, 1] pixels, and lpips given `lpips_params`
+  (perceptual.weights(perceptual.EVAL_NETWORK)); each of shape [batch]."""
   reconstruction = jnp.clip(pixels.to_unit_range(reconstruction, value_range), 0.0, 1.0)
   target = pixels.to_unit_range(target, value_range)
   mse = jnp.mean(jnp.square(reconstruction - target), axis=(1, 2, 3))
-  return {
+  values = {
       'mse': mse,
       # Floor the MSE so a perfect image gives a large finite PSNR instead of inf.
       'psnr': -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
       'ssim': dm_pix.ssim(reconstruction, target, max_val=1.0),
   }
+  if lpips_params:
+    values['lpips'] = perceptual.lpips(lpips_params, perceptual.EVAL_NETWORK, reconstruction,
+                                       target, (0.0, 1.0))
+  return values
 
 
 @flax.struct.dataclass

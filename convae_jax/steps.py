@@ -20,7 +20,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax.training import train_state
 
-from convae_jax import metrics, optimizer, pixels
+from convae_jax import losses, metrics, optimizer, perceptual, pixels
 from convae_jax.cpu import kernels as cpu_kernels
 
 AXIS = 'batch'  # The pmap axis of the data-parallel devices.
@@ -37,6 +37,9 @@ def on_devices(model):
 class TrainState(train_state.TrainState):
   # Variables other than params (batch statistics, EMA codebooks, ...), updated by the model.
   model_state: Any = flax.struct.field(default_factory=dict)
+  # The networks that loss terms train (a discriminator), by term name: each a
+  # flax.training.train_state.TrainState with its own parameters and optimizer state.
+  networks: Any = flax.struct.field(default_factory=dict)
 
 
 class EmaTrainState(TrainState):
@@ -65,16 +68,21 @@ def evaluated_weights(state: TrainState, decay: float, weights: str = 'ema') -> 
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...], ema_decay: float = 0.0) -> TrainState:
-  """A fresh state; with `ema_decay` > 0 an EmaTrainState."""
+                       image_shape: tuple[int, ...], ema_decay: float = 0.0,
+                       objective: losses.Objective | None = None) -> TrainState:
+  """A fresh state; with `ema_decay` > 0 an EmaTrainState. The networks of `objective`'s
+  terms are trained with an optimizer like the model's (`tx`)."""
   init_rngs = {name: jax.random.fold_in(rng, i + 1) for i, name in enumerate(model.rng_streams)}
   variables = dict(model.init({'params': rng, **init_rngs}, jnp.zeros((1,) + image_shape),
                               train=False))
   params = variables.pop('params')
+  networks = objective.init_networks(rng, image_shape, tx) if objective else {}
   if ema_decay > 0:
     return EmaTrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                model_state=variables, ema=optax.ema(ema_decay).init(params))
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables)
+                                model_state=variables, networks=networks,
+                                ema=optax.ema(ema_decay).init(params))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables,
+                           networks=networks)
 
 
 def tree_difference(expected, given) -> str | None:
@@ -104,10 +112,11 @@ def variables_difference(target: TrainState, variables: dict) -> str | None:
 
 
 def abstract_train_state(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
-                         ema_decay: float = 0.0) -> TrainState:
+                         ema_decay: float = 0.0,
+                         objective: losses.Objective | None = None) -> TrainState:
   """The train state's structure, shapes and dtypes, computing nothing: a restore target."""
   return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0), image_shape,
-                                                   ema_decay))
+                                                   ema_decay, objective))
 
 
 # Automatic micro-batching on CPU (config.micro_batches=0): this many parts per device, each
@@ -124,6 +133,8 @@ def micro_batches(config: ml_collections.ConfigDict, model, num_devices: int, ba
   (`splits_exactly`); else 1 (GPU and TPU: one part)."""
   if config.micro_batches > 0:
     return config.micro_batches
+  if losses.Objective(config.get('losses')).adaptive:  # Its weight is of the whole batch.
+    return 1
   per_device = config.batch_size // num_devices
   if backend != 'cpu' or not splits_exactly(model, image_shape):
     return 1
@@ -174,7 +185,8 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
                metrics_cls, input_range: tuple[float, float], skip_non_finite: bool = False,
                micro_batches: int = 1, skip_grad_norm_above: float = 0.0,
                learning_rate_fn: optax.Schedule | None = None, ema_decay: float = 0.0,
-               accumulate_steps: int = 1) -> tuple[TrainState, Any]:
+               accumulate_steps: int = 1, objective: losses.Objective | None = None,
+               constants: Any = None) -> tuple[TrainState, Any]:
   """One optimizer step on this device's share of the global batch (inside pmap).
 
   `images` are uint8 pixels (see `model_input`), or float images in `input_range`.
@@ -188,11 +200,20 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
   `learning_rate_fn(step)` is logged as `learning_rate`. With `ema_decay` > 0 the state's
   EMA of the weights moves after each update (with `accumulate_steps` = k > 1, after every
   k-th step, when the optimizer updates).
+
+  `objective` adds the terms of config.losses (reading `constants`, their frozen weights):
+  an adaptive term's gradient is scaled by its adaptive weight, from the gradients averaged
+  over devices; the networks the terms train take a step on the whole batch against the
+  reconstructions, in the same step, each with its own optimizer state.
   """
+  objective = objective or losses.Objective(None)
+  constants = constants or {}
   rngs_of_step = step_rngs(model, base_rng, state.step)
   images = pixels.model_input(images, input_range)
 
   def loss_fn(params, images, rngs):
+    """((the loss of the model's and the fixed terms, {adaptive term: its loss}),
+    (metrics, model state, reconstruction))."""
     output, model_state = _apply(model, state, params, images, train=True, rngs=rngs)
     terms = {name: jnp.mean(term) for name, term in output.losses.items()}
     values = {f'loss_{name}': term for name, term in terms.items()}
@@ -200,29 +221,64 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
     if output.codes is not None:  # Per batch here; evaluation counts over the whole split.
       counts = metrics.code_counts(output.codes, model.num_codes)
       values.update({f'batch_{k}': v for k, v in metrics.code_statistics(counts).items()})
-    return sum(terms.values()), (values, model_state)
+    loss, adaptive = sum(terms.values()), {}
+    if objective:
+      fixed, adaptive, term_values = objective.term_losses(
+          images, output.reconstruction, state.step, constants, state.networks, input_range)
+      loss = loss + sum(fixed.values()) if fixed else loss
+      values.update(term_values)
+    return (loss, adaptive), (values, model_state, output.reconstruction)
+
+  def grads_of(images, rngs):
+    """(loss, adaptive losses), aux, the gradient of the loss, {adaptive term: its gradient}."""
+    if not objective.adaptive:
+      def scalar_loss(params):
+        (loss, adaptive), aux = loss_fn(params, images, rngs)
+        return loss, (adaptive, aux)
+
+      (loss, (adaptive, aux)), grads = jax.value_and_grad(scalar_loss, has_aux=True)(
+          state.params)
+      return (loss, adaptive), aux, grads, {}
+    # One forward pass, one backward pass per gradient (the adaptive weight needs each).
+    (loss, adaptive), vjp, aux = jax.vjp(lambda p: loss_fn(p, images, rngs), state.params,
+                                         has_aux=True)
+    zeros = jax.tree.map(jnp.zeros_like, adaptive)
+    grads = vjp((jnp.ones_like(loss), zeros))[0]
+    of_term = lambda name: vjp((jnp.zeros_like(loss), {**zeros, name: jnp.ones_like(loss)}))[0]
+    return (loss, adaptive), aux, grads, {name: of_term(name) for name in adaptive}
 
   parts = []
   for i, part in enumerate(jnp.split(images, micro_batches)):
     rngs = rngs_of_step if i == 0 else {k: jax.random.fold_in(r, i)
                                         for k, r in rngs_of_step.items()}
-    parts.append(jax.value_and_grad(loss_fn, has_aux=True)(state.params, part, rngs))
+    parts.append(grads_of(part, rngs))
   mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
-  (loss, (values, model_state)), grads = jax.tree.map(
+  (loss, adaptive), (values, model_state, _), grads, adaptive_grads = jax.tree.map(
       lambda *xs: mean(*xs) if jnp.issubdtype(xs[0].dtype, jnp.inexact) else xs[0], *parts)
   grads = jax.lax.pmean(grads, axis_name=AXIS)
+  if adaptive_grads:
+    loss, grads, term_values = objective.add_adaptive_terms(
+        loss, grads, adaptive, adaptive_grads, model.output_layer, AXIS)
+    values.update(term_values)
   # Batch statistics, EMA codebooks, ...: the mean over devices, as if one device saw all.
   model_state = jax.tree.map(
       lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
       model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
+  networks_loss = jnp.zeros(())
+  if state.networks:
+    reconstruction = jnp.concatenate([aux[2] for _, aux, _, _ in parts])
+    networks, networks_loss, network_values = objective.train_networks(
+        state.networks, images, reconstruction, state.step, constants, input_range, AXIS)
+    new_state = new_state.replace(networks=networks)
+    values.update(network_values)
   if ema_decay > 0:  # With accumulation, only when the optimizer updated (mini step back to 0).
     updated = new_state.opt_state.mini_step == 0 if accumulate_steps > 1 else True
     _, ema = optax.ema(ema_decay).update(new_state.params, state.ema)
     new_state = new_state.replace(ema=jax.tree.map(
         lambda new, old: jnp.where(updated, new, old), ema, state.ema))
   grad_norm = optax.tree.norm(grads)
-  loss_finite = jax.lax.pmin(jnp.isfinite(loss).astype(jnp.int32), AXIS) > 0
+  loss_finite = jax.lax.pmin(jnp.isfinite(loss + networks_loss).astype(jnp.int32), AXIS) > 0
   finite = loss_finite & jnp.isfinite(grad_norm)
   skipping = skip_non_finite or skip_grad_norm_above > 0
   applied = finite if skip_non_finite else jnp.bool_(True)
@@ -248,12 +304,13 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
 
 
 def eval_step(state: TrainState, images: jax.Array, mask: jax.Array, base_rng: jax.Array, *,
-              model, value_range: tuple[float, float], metrics_cls):
-  """Per-image metrics of one eval batch; `mask` drops the padding of the last batch."""
+              model, value_range: tuple[float, float], metrics_cls, lpips_params=None):
+  """Per-image metrics of one eval batch; `mask` drops the padding of the last batch.
+  `lpips_params`: the LPIPS weights of metrics.image_metrics (None: no lpips)."""
   images = pixels.model_input(images, value_range)
   output, _ = _apply(model, state, state.params, images, train=False,
                      rngs=step_rngs(model, base_rng, state.step))
-  values = metrics.image_metrics(output.reconstruction, images, value_range)
+  values = metrics.image_metrics(output.reconstruction, images, value_range, lpips_params)
   values['loss'] = sum(output.losses.values())
   values.update({f'loss_{name}': term for name, term in output.losses.items()})
   values.update(output.metrics)
@@ -273,8 +330,13 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
   (state, totals, images, rng) -> (state, totals merged with this step's metrics), starting
   from `train_metrics_class(...).empty()` replicated (the totals are not consumed, so the
   caller can wait on them). The merge then runs in the step's own program rather than as one
-  more call per step, which on a CPU wakes the cores the step runs on."""
-  metrics_cls = train_metrics_class(model, image_shape)
+  more call per step, which on a CPU wakes the cores the step runs on.
+
+  The terms of config.losses come with it: their constants (frozen weights) are bound as the
+  keyword argument `constants`, replicated once here (pmap maps keyword arguments over their
+  leading axis)."""
+  objective = losses.Objective(config.get('losses'))
+  metrics_cls = train_metrics_class(model, image_shape, objective)
   step = functools.partial(
       train_step, model=on_devices(model), metrics_cls=metrics_cls,
       input_range=tuple(config.input_range),
@@ -283,22 +345,31 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
                                   image_shape),
       skip_grad_norm_above=config.skip_grad_norm_above,
       learning_rate_fn=optimizer.learning_rate_schedule(config, num_train_steps),
-      ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps)
+      ema_decay=config.ema_decay, accumulate_steps=config.accumulate_steps,
+      objective=objective)
   if not accumulate:
-    return jax.pmap(cpu_kernels.tracing_with(config.kernels, step), axis_name=AXIS,
-                    in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
+    p_step = jax.pmap(cpu_kernels.tracing_with(config.kernels, step), axis_name=AXIS,
+                      in_axes=(0, 0, None), donate_argnums=(0,) if donate else ())
+  else:
 
-  def step_and_merge(state, totals, images, rng):
-    state, update = step(state, images, rng)
-    return state, totals.merge(update)
+    def step_and_merge(state, totals, images, rng, constants=None):
+      state, update = step(state, images, rng, constants=constants)
+      return state, totals.merge(update)
 
-  return jax.pmap(cpu_kernels.tracing_with(config.kernels, step_and_merge), axis_name=AXIS,
-                  in_axes=(0, 0, 0, None), donate_argnums=(0,) if donate else ())
+    p_step = jax.pmap(cpu_kernels.tracing_with(config.kernels, step_and_merge), axis_name=AXIS,
+                      in_axes=(0, 0, 0, None), donate_argnums=(0,) if donate else ())
+  constants = objective.constants()
+  if not jax.tree.leaves(constants):
+    return p_step
+  return functools.partial(p_step, constants=replicate(constants))
 
 
-def train_metrics_class(model, image_shape: tuple[int, ...]) -> type[clu_metrics.Collection]:
-  """The train step's metric collection (metrics.train_collection of the model's terms)."""
-  return metrics.train_collection(metric_names(model, image_shape))
+def train_metrics_class(model, image_shape: tuple[int, ...],
+                        objective: losses.Objective | None = None) -> type[clu_metrics.Collection]:
+  """The train step's metric collection (metrics.train_collection of the model's terms and
+  metrics, and those of `objective`'s terms)."""
+  return metrics.train_collection(metric_names(model, image_shape) + (
+      objective.metric_names(image_shape) if objective else []))
 
 
 def replicate(tree, devices=None):
@@ -314,13 +385,21 @@ _as_step_output = jax.pmap(lambda tree: tree, axis_name=AXIS)
 def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...],
                    kernels: str = 'auto'):
   """`eval_step` pmapped over the local devices: (replicated state, images, mask, rng) ->
-  averages of mse, psnr, ssim, loss and the model's own terms and metrics (and the code
-  counts of a model with codes). `kernels`: config.kernels of the run."""
-  names = ['loss', 'mse', 'psnr', 'ssim'] + metric_names(model, image_shape, train=False)
+  averages of mse, psnr, ssim, lpips (for images of 1 or 3 channels), loss and the model's
+  own terms and metrics (and the code counts of a model with codes). `kernels`:
+  config.kernels of the run.
+
+  The LPIPS weights are bound as the keyword argument `lpips_params`, replicated once here
+  (pmap maps keyword arguments over their leading axis); a caller may pass its own."""
+  measured = perceptual.measurable(image_shape[-1])
+  names = (['loss', 'mse', 'psnr', 'ssim'] + (['lpips'] if measured else []) +
+           metric_names(model, image_shape, train=False))
   step = functools.partial(eval_step, model=on_devices(model), value_range=input_range,
                            metrics_cls=metrics.eval_collection(names, model.num_codes))
-  return jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
-                  in_axes=(0, 0, 0, None))
+  p_step = jax.pmap(cpu_kernels.tracing_with(kernels, step), axis_name=AXIS,
+                    in_axes=(0, 0, 0, None))
+  lpips_params = replicate(perceptual.weights(perceptual.EVAL_NETWORK)) if measured else None
+  return functools.partial(p_step, lpips_params=lpips_params)
 
 
 def metric_names(model, image_shape: tuple[int, ...], train: bool = True) -> list[str]:

@@ -24,7 +24,7 @@ from absl import logging
 from clu import periodic_actions
 
 from convae_jax import (checkpointing, config_checks, data, distributed, errors, evaluation,
-                        image_grid, input_pipeline, malloc_env, models, optimizer, paths,
+                        image_grid, input_pipeline, losses, malloc_env, models, optimizer, paths,
                         pixels, preemption, steps, warm_start, workdir as workdir_lib,
                         writers)
 from convae_jax.cpu import kernels as cpu_kernels
@@ -142,11 +142,13 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
 
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   tx = optimizer.create_optimizer(config, num_train_steps)
+  objective = losses.Objective(config.losses)
   checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
   state = checkpointer.restore_newest_readable(
-      steps.abstract_train_state(model, tx, image_shape, config.ema_decay))
+      steps.abstract_train_state(model, tx, image_shape, config.ema_decay, objective))
   if state is None:
-    state = steps.create_train_state(model, tx, init_rng, image_shape, config.ema_decay)
+    state = steps.create_train_state(model, tx, init_rng, image_shape, config.ema_decay,
+                                     objective)
     if init_variables is not None:
       state = warm_start.start_from(state, init_variables, config.ema_decay)
       logging.info('Started from the weights of %s', config.init_from)
@@ -171,7 +173,7 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
 
   p_train_step = steps.make_train_step(config, model, image_shape,
                                        num_train_steps=num_train_steps, accumulate=True)
-  train_metrics_cls = steps.train_metrics_class(model, image_shape)
+  train_metrics_cls = steps.train_metrics_class(model, image_shape, objective)
   no_train_metrics = lambda: steps.replicate(train_metrics_cls.empty(), devices)
   p_eval_step = steps.make_eval_step(model, input_range, image_shape, config.kernels)
   p_ema_weights = jax.pmap(lambda state: steps.evaluated_weights(state, config.ema_decay))

@@ -41,6 +41,11 @@ def defaults() -> ml_collections.ConfigDict:
 
   # The model's registered name and its settings (models.registry).
   config.model = ml_collections.ConfigDict({'name': 'autoencoder'})
+  # Loss terms beyond the model's own, by registered name, each with its settings
+  # (convae_jax/losses): {'lpips': {'weight': 1.0, 'network': 'alexnet'}, 'adversarial': ...}.
+  # A term's network (a discriminator) is trained with the optimizer settings below, like the
+  # model; the EMA is of the model's weights only.
+  config.losses = ml_collections.ConfigDict()
 
   config.optimizer = 'adam'  # A name in optimizer.OPTIMIZERS.
   config.learning_rate = 1e-3  # The peak, after any warm-up.

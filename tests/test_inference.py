@@ -194,12 +194,12 @@ def test_evaluate_prints_and_writes_the_metrics(cae_workdir, tmp_path):
   assert code == 0, stderr
   result = json.load(open(tmp_path / 'eval.json'))
   assert result['step'] == 2 and result['split'] == 'test' and result['num_images'] == 476
-  for name in ('mse', 'psnr', 'ssim', 'loss_mse'):
+  for name in ('mse', 'psnr', 'ssim', 'lpips', 'loss_mse'):
     assert np.isfinite(result['metrics'][name]) and name in stdout
   # The trainer's evaluation of the same checkpoint.
   lines = [json.loads(l) for l in open(os.path.join(cae_workdir, 'metrics.jsonl'))]
   trained = [l for l in lines if 'eval/psnr' in l][-1]
-  for name in ('mse', 'psnr', 'ssim'):
+  for name in ('mse', 'psnr', 'ssim', 'lpips'):
     np.testing.assert_allclose(result['metrics'][name], trained[f'eval/{name}'], rtol=1e-5)
 
 

@@ -2,6 +2,7 @@
 host callbacks and no custom calls that only the CPU has: a step that would not run there
 fails here, on a CPU-only machine (jax.export with platforms=; nothing is compiled or run)."""
 import contextlib
+import functools
 import re
 from unittest import mock
 
@@ -12,7 +13,8 @@ import pytest
 
 from configs import cifar
 from conftest import tiny
-from convae_jax import config_checks, models, optimizer, steps, trainer_config
+from convae_jax import (config_checks, losses, models, optimizer, perceptual, steps,
+                        trainer_config)
 from convae_jax.cpu import kernels as cpu_kernels
 
 # jax.export's platform names, with the jax.default_backend() of each.
@@ -85,20 +87,31 @@ def _per_device(tree):
 def _step(config, model, kind: str, kernels: str = 'auto'):
   """(the pmapped step as the trainer makes it, its abstract arguments)."""
   tx = optimizer.create_optimizer(config, NUM_TRAIN_STEPS)
-  state = _per_device(steps.abstract_train_state(model, tx, IMAGE_SHAPE, config.ema_decay))
+  objective = losses.Objective(config.losses)
+  state = _per_device(steps.abstract_train_state(model, tx, IMAGE_SHAPE, config.ema_decay,
+                                                 objective))
   rng = jax.eval_shape(lambda: jax.random.key(0))
   if kind == 'train':
     images = jax.ShapeDtypeStruct((DEVICES, config.batch_size // DEVICES) + IMAGE_SHAPE,
                                   jnp.uint8)
-    totals = _per_device(jax.eval_shape(steps.train_metrics_class(model, IMAGE_SHAPE).empty))
-    return (steps.make_train_step(config, model, IMAGE_SHAPE, num_train_steps=NUM_TRAIN_STEPS,
-                                  accumulate=True),
-            (state, totals, images, rng))
+    totals = _per_device(jax.eval_shape(
+        steps.train_metrics_class(model, IMAGE_SHAPE, objective).empty))
+    train_step = steps.make_train_step(config, model, IMAGE_SHAPE,
+                                       num_train_steps=NUM_TRAIN_STEPS, accumulate=True)
+    if not isinstance(train_step, functools.partial):  # No loss term reads constants.
+      return train_step, (state, totals, images, rng)
+    # The loss terms' constants as an argument, as the trainer passes them.
+    constants = _per_device(jax.eval_shape(objective.constants))
+    return (lambda *args: train_step.func(*args[:-1], constants=args[-1]),
+            (state, totals, images, rng, constants))
   images = jax.ShapeDtypeStruct((DEVICES, config.eval_batch_size // DEVICES) + IMAGE_SHAPE,
                                 jnp.uint8)
   mask = jax.ShapeDtypeStruct(images.shape[:2], jnp.bool_)
-  return (steps.make_eval_step(model, tuple(config.input_range), IMAGE_SHAPE, kernels),
-          (state, images, mask, rng))
+  eval_step = steps.make_eval_step(model, tuple(config.input_range), IMAGE_SHAPE, kernels)
+  # The LPIPS weights as an argument, as the trainer passes them, not as constants.
+  lpips = _per_device(jax.eval_shape(lambda: perceptual.weights(perceptual.EVAL_NETWORK)))
+  return (lambda *args: eval_step.func(*args[:-1], lpips_params=args[-1]),
+          (state, images, mask, rng, lpips))
 
 
 @pytest.mark.parametrize('kind', ['train', 'eval'])

@@ -165,3 +165,34 @@ def test_the_targets_table_says_met_or_by_how_much(cae_workdir, tmp_path, capsys
   assert results_table.main(['--targets', str(targets), f'met={cae_workdir}']) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: target of met: no row 'nope'") and len(err.splitlines()) == 1
+
+
+def test_lpips_comes_from_the_run_or_its_kept_evaluation_and_targets_compare_runs(
+    cae_workdir, tmp_path, capsys):
+  final = _final_eval(cae_workdir)
+  old = tmp_path / 'old'  # A run that predates eval/lpips, with an evaluation kept beside it.
+  old.mkdir()
+  shutil.copy(os.path.join(cae_workdir, 'config.json'), old / 'config.json')
+  with open(os.path.join(cae_workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    lines = [{k: v for k, v in json.loads(l).items() if k != 'eval/lpips'} for l in f]
+  (old / 'metrics.jsonl').write_text('\n'.join(json.dumps(l) for l in lines) + '\n')
+  (old / f'evaluation_test_{final["step"]}.json').write_text(
+      json.dumps({'metrics': {'lpips': 0.1234, 'psnr': 1.0}}))
+  assert results_table.main([f'new={cae_workdir}', f'old={old}']) == 0
+  rows = [dict(zip(results_table.COLUMNS, [c.strip() for c in r.strip('|').split('|')]))
+          for r in capsys.readouterr().out.strip().splitlines()[2:]]
+  assert [r['LPIPS'] for r in rows] == [f'{final["eval/lpips"]:.4f}', '0.1234']
+  assert rows[1]['PSNR (dB)'] == f'{final["eval/psnr"]:.2f}'  # The run's own figures first.
+
+  targets = tmp_path / 'targets.json'
+  targets.write_text(json.dumps({'new': {'anchor': 'a', 'checks': [
+      {'figure': 'lpips', 'at_most_run': 'old', 'factor': 0.75},
+      {'figure': 'psnr', 'at_least_run': 'old', 'offset': -1.5}]}}))
+  assert results_table.main(['--targets', str(targets), f'new={cae_workdir}', f'old={old}']) == 0
+  rows = [dict(zip(results_table.TARGET_COLUMNS, [c.strip() for c in r.strip('|').split('|')]))
+          for r in capsys.readouterr().out.strip().splitlines()[2:]]
+  assert rows[0]['LPIPS'] == f'{final["eval/lpips"]:.4f}' and rows[1]['LPIPS'] == '0.1234'
+  assert rows[0]['target'] == "LPIPS at most 0.75 times old's; PSNR at least old's - 1.5 dB"
+  shortfall = final['eval/lpips'] - 0.75 * 0.1234
+  lpips_status = 'LPIPS **met**' if shortfall <= 0 else f'LPIPS **missed by {shortfall:.4f}**'
+  assert rows[0]['status'] == f'{lpips_status}; PSNR **met**'

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from convae_jax import (config_checks, evaluation, inference, input_pipeline, metrics, models,
-                        optimizer, steps, train)
+                        optimizer, perceptual, steps, train)
 from convae_jax import pixels as pixel_values
 
 from conftest import run_cli, tiny
@@ -148,11 +148,12 @@ def test_trains_evaluates_and_counts_every_eval_image_once(cifar_config, tmp_pat
   assert int(state.step) == 4
   model = models.create_model(config.model)
   output = model.apply({'params': state.params}, eval_images.astype(np.float32) / 255.0)
-  expected = metrics.image_metrics(output.reconstruction, eval_images / 255.0, (0.0, 1.0))
+  expected = metrics.image_metrics(output.reconstruction, eval_images / 255.0, (0.0, 1.0),
+                                   perceptual.weights(perceptual.EVAL_NETWORK))
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl', encoding='utf-8')]
   final_eval = [l for l in lines if 'eval/mse' in l][-1]
   assert final_eval['step'] == 4
-  for name in ('mse', 'psnr', 'ssim'):
+  for name in ('mse', 'psnr', 'ssim', 'lpips'):
     np.testing.assert_allclose(final_eval[f'eval/{name}'], float(np.mean(expected[name])),
                                rtol=1e-4)
   assert any('train/loss' in l for l in lines)

@@ -42,7 +42,8 @@ def test_presets_carry_their_tuned_trainer_settings():
 
 
 # The residual backbone and the denoising variant of it compile for longest: full suite only.
-SLOW = ('resae', 'denoising-resae', 'vae-resnet', 'vqvae-resnet', 'fsq-resnet')
+SLOW = ('resae', 'denoising-resae', 'vae-resnet', 'vqvae-resnet', 'fsq-resnet', 'vqgan-resnet',
+        'klae-resnet')
 
 
 @pytest.mark.parametrize('preset', [
@@ -58,7 +59,7 @@ def test_preset_trains_with_falling_loss(preset, photo_data_dir, tmp_path):
   assert len(losses) == 3 and losses[-1] < losses[0], losses
   final_eval = [l for l in lines if 'eval/mse' in l][-1]
   _, bottleneck, likelihood, corruption = cifar.PRESETS[preset]
-  expected = ('loss', 'mse', 'psnr', 'ssim') + EXTRA_METRICS.get(bottleneck, ()) + (
+  expected = ('loss', 'mse', 'psnr', 'ssim', 'lpips') + EXTRA_METRICS.get(bottleneck, ()) + (
       EXTRA_METRICS.get(likelihood, ()))
   if models.LIKELIHOODS.get(likelihood).proper and bottleneck != 'identity':
     expected += ('bpd', 'nelbo')

@@ -10,7 +10,7 @@ docs/data.md). In order:
 3. writes NAME.msgpack and NAME.json (convae_jax/pretrained), the manifest with the whole
    config, the data, steps, training time, machine kind, test figures and sha256, and keeps
    the run's config, metrics and last pictures in results/pretrained/NAME (tools/keep_run.sh)
-   for the results tables;
+   with the test figures (evaluation_test_STEP.json) for the results tables;
 4. records in the manifest the figures the tests check (tests/test_pretrained.py): the
    evaluation of the shipped weights on the embedded photo_patches test split, computed as
    the tests compute it (4 fake CPU devices, few optimizations), with the machine kind.
@@ -53,9 +53,10 @@ def train(name: str, data_dir: str, workdir: str) -> float:
 
 def summary(metrics: dict, num_codes: int) -> str:
   """The preset's main test figures, in a few words."""
+  lpips = f', LPIPS {metrics["lpips"]:.4f}' if 'lpips' in metrics else ''
   if 'bpd' in metrics:
-    return f'{metrics["bpd"]:.3f} bits/dim, {metrics["psnr"]:.2f} dB PSNR'
-  text = f'{metrics["psnr"]:.2f} dB PSNR, SSIM {metrics["ssim"]:.3f}'
+    return f'{metrics["bpd"]:.3f} bits/dim, {metrics["psnr"]:.2f} dB PSNR{lpips}'
+  text = f'{metrics["psnr"]:.2f} dB PSNR, SSIM {metrics["ssim"]:.3f}{lpips}'
   if 'codes_used' in metrics:
     text += f', {100 * metrics["codes_used"]:.1f}% of {num_codes} codes used'
   return text
@@ -134,9 +135,15 @@ def main():
     parser.error('--data_dir and --workdir are required')
   seconds = None if args.only_manifest else train(args.name, args.data_dir, args.workdir)
   manifest = export(args.name, args.data_dir, args.workdir, seconds)
-  # What the results tables read of the run (results/pretrained/NAME), kept where it trained.
-  subprocess.run(['bash', os.path.join(REPO, 'tools', 'keep_run.sh'), args.workdir,
-                  os.path.join(REPO, 'results', 'pretrained', args.name)], check=True)
+  # What the results tables read of the run (results/pretrained/NAME), kept where it trained,
+  # with the test figures of the shipped weights (those the run's log predates, LPIPS).
+  kept = os.path.join(REPO, 'results', 'pretrained', args.name)
+  subprocess.run(['bash', os.path.join(REPO, 'tools', 'keep_run.sh'), args.workdir, kept],
+                 check=True)
+  with open(os.path.join(kept, f'evaluation_test_{manifest["steps"]}.json'), 'w',
+            encoding='utf-8') as f:
+    json.dump({'split': 'test', 'step': manifest['steps'], 'num_images': manifest['test_images'],
+               'metrics': manifest['test_metrics']}, f, indent=2)
   out = subprocess.run([sys.executable, __file__, args.name, '--reference'], check=True,
                        capture_output=True, text=True, env={**os.environ, **TEST_ENV})
   manifest['photo_patches_test'] = json.loads(out.stdout.strip().splitlines()[-1])

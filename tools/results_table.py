@@ -5,10 +5,11 @@
 
 Each argument is NAME=WORKDIR (split at its last '='), or a WORKDIR, named by its folder.
 Reads WORKDIR/config.json and WORKDIR/metrics.jsonl and prints one Markdown row per run:
-parameters, steps, the final evaluation's test MSE, PSNR, SSIM, bits/dim (negative ELBO,
+parameters, steps, the final evaluation's test MSE, PSNR, SSIM, LPIPS, bits/dim (negative ELBO,
 where the model has one; beside it the importance-weighted bound of a `convae evaluate
 --importance_samples K` of that step's checkpoint on the eval split, where the run's folder
-holds it as evaluation_SPLIT_STEP.json), the fraction of codes used over the eval split and
+holds it as evaluation_SPLIT_STEP.json, which also gives the LPIPS of runs that predate
+eval/lpips), the fraction of codes used over the eval split and
 its perplexity (models with codes), the median train images/s, the training time, the
 machine kind (WORKDIR/machine.json, which tools/keep_run.sh writes) and the outcome of each
 tools/first_eval_check.py report kept as WORKDIR/first_eval_check_KIND.json (KIND: the
@@ -17,12 +18,13 @@ of each run's eval PSNR (and bits/dim, where present) against training steps. A 
 with weight EMA gets two rows: its EMA weights (eval/) and its raw weights (eval_raw/).
 
 With --targets FILE, prints instead one short row per run: how long it trained, its main
-figure (bits/dim where the model has a likelihood, else PSNR; and its codes used), and, where
-FILE (JSON) holds the run's NAME, its anchor, its target and whether each part of the target
-is met or by how much. A part of a target is {"figure": "psnr" | "codes_used" | "bpd",
-"at_least" | "at_most": VALUE} or {"figure": ..., "at_least_run": NAME} (another row's
-figure), computed from the run; or {"stated": TEXT, "met": BOOL, "name": TEXT, "why": TEXT}
-(name and why optional), an outcome judged or measured outside the run's folder, shown as such.
+figure (bits/dim where the model has a likelihood, else PSNR; and its codes used), its LPIPS,
+and, where FILE (JSON) holds the run's NAME, its anchor, its target and whether each part of
+the target is met or by how much. A part of a target is {"figure": "psnr" | "codes_used" |
+"bpd" | "lpips", "at_least" | "at_most": VALUE} or {"figure": ..., "at_least_run" |
+"at_most_run": NAME} (another row's figure, optionally times "factor" plus "offset"),
+computed from the run; or {"stated": TEXT, "met": BOOL, "name": TEXT, "why": TEXT} (name and
+why optional), an outcome judged or measured outside the run's folder, shown as such.
 """
 import json
 import os
@@ -38,7 +40,7 @@ from convae_jax import errors, inference, models
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 from benchmarks import machine  # pylint: disable=wrong-import-position
 
-COLUMNS = ('run', 'model', 'parameters', 'steps', 'test MSE', 'PSNR (dB)', 'SSIM',
+COLUMNS = ('run', 'model', 'parameters', 'steps', 'test MSE', 'PSNR (dB)', 'SSIM', 'LPIPS',
            'bits/dim', 'codes used', 'code perplexity', 'train images/s', 'train time',
            'machine', 'rerun to 1st eval')
 
@@ -64,14 +66,27 @@ def parameter_count(config: ml_collections.ConfigDict) -> int:
   return sum(x.size for x in jax.tree.leaves(variables['params']))
 
 
+def evaluation(workdir: str, config: ml_collections.ConfigDict, step: int) -> dict:
+  """The metrics of the run's `convae evaluate` of `step` on its eval split ({} if none kept)."""
+  path = os.path.join(workdir, f'evaluation_{config.eval_split}_{step}.json')
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)['metrics']
+
+
+def with_evaluation(workdir: str, config: ml_collections.ConfigDict, last: dict) -> dict:
+  """`last` (a final eval line) with the figures it lacks from the kept evaluation of its
+  step (eval/lpips, for a run that predates it)."""
+  kept = {f'eval/{k}': v for k, v in evaluation(workdir, config, last['step']).items()
+          if isinstance(v, (int, float))}
+  return {**kept, **last}
+
+
 def importance_weighted_bpd(workdir: str, config: ml_collections.ConfigDict,
                             step: int) -> str:
   """' (IW, k=K: B)' from the run's evaluation of `step` on its eval split, or ''."""
-  path = os.path.join(workdir, f'evaluation_{config.eval_split}_{step}.json')
-  if not os.path.isfile(path):
-    return ''
-  with open(path, encoding='utf-8') as f:
-    figures = json.load(f)['metrics']
+  figures = evaluation(workdir, config, step)
   if 'bpd_iw' not in figures:
     return ''
   return f' (IW, k={figures["importance_samples"]}: {figures["bpd_iw"]:.3f})'
@@ -121,7 +136,7 @@ def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
            for l in lines if prefix + 'mse' in l]
   if not evals:
     raise errors.UserError(f'{workdir}/metrics.jsonl has no evaluation yet')
-  last = evals[-1]
+  last = with_evaluation(workdir, config, evals[-1]) if prefix == 'eval/' else evals[-1]
   # The first report's rate includes compilation; the median of the rest is the steady one.
   rates = [l['steps_per_sec'] for l in lines if 'steps_per_sec' in l][1:]
   uptimes = [l['uptime'] for l in lines if 'uptime' in l]
@@ -131,7 +146,7 @@ def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
       'run': name, 'model': model.label or config.model.name,
       'parameters': f'{parameter_count(config):,}', 'steps': str(last['step']),
       'test MSE': fmt('eval/mse', '.5f'), 'PSNR (dB)': fmt('eval/psnr', '.2f'),
-      'SSIM': fmt('eval/ssim', '.3f'),
+      'SSIM': fmt('eval/ssim', '.3f'), 'LPIPS': fmt('eval/lpips', '.4f'),
       'bits/dim': fmt('eval/bpd', '.3f') + (
           importance_weighted_bpd(workdir, config, last['step']) if prefix == 'eval/' else ''),
       'codes used': (f'{100 * last["eval/codes_used"]:.1f}% of {model.num_codes}'
@@ -153,13 +168,15 @@ def markdown(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> 
 
 # The --targets table. Its first columns are the full table's, so tools/refresh_tables.py
 # finds it the same way.
-TARGET_COLUMNS = ('run', 'model', 'training', 'main figure', 'anchor', 'target', 'status')
+TARGET_COLUMNS = ('run', 'model', 'training', 'main figure', 'LPIPS', 'anchor', 'target',
+                  'status')
 # figure: (its eval/ key, its name, how a bound reads, how a shortfall reads).
 FIGURES = {
     'psnr': ('eval/psnr', 'PSNR', lambda v: f'{v:g} dB', lambda d: f'{d:.2f} dB'),
     'codes_used': ('eval/codes_used', 'codes used', lambda v: f'{100 * v:g}%',
                    lambda d: f'{100 * d:.1f} percentage points'),
     'bpd': ('eval/bpd', 'bits/dim', lambda v: f'{v:g}', lambda d: f'{d:.2f}'),
+    'lpips': ('eval/lpips', 'LPIPS', lambda v: f'{v:g}', lambda d: f'{d:.4f}'),
 }
 
 
@@ -168,7 +185,7 @@ def _last_eval(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
   evals = [l for l in lines if 'eval/mse' in l]
   if not evals:
     raise errors.UserError(f'{workdir}/metrics.jsonl has no evaluation yet')
-  return config, evals[-1]
+  return config, with_evaluation(workdir, config, evals[-1])
 
 
 def _training(config: ml_collections.ConfigDict, step: int) -> str:
@@ -206,17 +223,21 @@ def _check(check: dict, name: str, finals: dict[str, dict]) -> tuple[str, str]:
                            f'{", ".join(FIGURES)}')
   key, words, bound_reads, shortfall_reads = FIGURES[check['figure']]
   value = _figure(finals, name, key, name)
-  if 'at_least_run' in check:
-    other = check['at_least_run']
-    bound, above = _figure(finals, other, key, name), True
-    said = f"{words} at least {other}'s"
+  relative = [k for k in ('at_least_run', 'at_most_run') if k in check]
+  if relative:
+    other, above = check[relative[0]], relative[0] == 'at_least_run'
+    factor, offset = check.get('factor', 1.0), check.get('offset', 0.0)
+    bound = factor * _figure(finals, other, key, name) + offset
+    scaled = f'{factor:g} times ' if factor != 1.0 else ''
+    shifted = f' {"+" if offset > 0 else "-"} {bound_reads(abs(offset))}' if offset else ''
+    said = f"{words} {'at least' if above else 'at most'} {scaled}{other}'s{shifted}"
   elif 'at_least' in check or 'at_most' in check:
     above = 'at_least' in check
     bound = check['at_least'] if above else check['at_most']
     said = f'{words} {"at least" if above else "at most"} {bound_reads(bound)}'
   else:
-    raise errors.UserError(f'target of {name}: {check} names no at_least, at_most or '
-                           'at_least_run')
+    raise errors.UserError(f'target of {name}: {check} names no at_least, at_most, '
+                           'at_least_run or at_most_run')
   shortfall = bound - value if above else value - bound
   if shortfall <= 0:
     return said, f'{words} **met**'
@@ -232,7 +253,8 @@ def target_rows(runs: list[tuple[str, str]], targets: dict) -> list[dict[str, st
     model = _model(workdir, config)
     rows.append({'run': name, 'model': model.label or config.model.name,
                  'training': _training(config, last['step']),
-                 'main figure': _main_figure(workdir, config, last, model)})
+                 'main figure': _main_figure(workdir, config, last, model),
+                 'LPIPS': f'{last["eval/lpips"]:.4f}' if 'eval/lpips' in last else '-'})
   for entry in rows:
     target = targets.get(entry['run'])
     if target is None:

@@ -92,6 +92,10 @@ class PartsAutoencoder(base.Autoencoder):
     return self._parts['backbone'].num_downsamplings
 
   @property
+  def output_layer(self) -> tuple[str, ...]:
+    return ('decoder', self._parts['backbone'].decoder_output_layer, 'kernel')
+
+  @property
   def rng_streams(self) -> tuple[str, ...]:
     return tuple(dict.fromkeys(self._parts['bottleneck'].rng_streams +
                                self._parts['corruption'].rng_streams))

@@ -127,6 +127,12 @@ class Autoencoder(nn.Module):
     raise NotImplementedError
 
   @property
+  def output_layer(self) -> tuple[str, ...]:
+    """The path in 'params' of the decoder's last kernel, at which an adaptive loss weight
+    (VQGAN's) compares gradient norms; a model without one cannot take such a term."""
+    raise NotImplementedError(f'{type(self).__name__} does not name its output layer')
+
+  @property
   def rng_streams(self) -> tuple[str, ...]:
     """The PRNG streams the model draws from (the trainer passes a key for each)."""
     return ()

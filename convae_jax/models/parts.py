@@ -55,6 +55,12 @@ class Backbone:
     """A module called as decoder(latents, train) -> outputs with `out_channels` channels."""
     raise NotImplementedError
 
+  @property
+  def decoder_output_layer(self) -> str:
+    """The name of the decoder's last layer (a submodule with a 'kernel'), at which VQGAN's
+    adaptive loss weight compares gradient norms."""
+    raise NotImplementedError
+
 
 @flax.struct.dataclass
 class BottleneckOutput:

@@ -146,3 +146,7 @@ class ResNetBackbone(parts.Backbone):
   def decoder(self, out_channels: int) -> nn.Module:
     return ResDecoder(tuple(self.widths), self.blocks_per_stage, out_channels,
                       self.normalization, ACTIVATIONS[self.activation])
+
+  @property
+  def decoder_output_layer(self) -> str:
+    return 'to_image'

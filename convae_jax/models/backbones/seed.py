@@ -66,6 +66,10 @@ class SeedBackbone(parts.Backbone):
   def decoder(self, out_channels: int) -> nn.Module:
     return ConvDecoder(tuple(self.features[-2::-1]) + (out_channels,))
 
+  @property
+  def decoder_output_layer(self) -> str:
+    return f'deconv{len(self.features)}'
+
 
 # Flax (module, layer) <- the layer's name prefix in the PyTorch seed's state dict.
 TORCH_LAYERS = {('encoder', 'conv1'): 'encoder.0', ('encoder', 'conv2'): 'encoder.3',
