@@ -143,9 +143,8 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
   finally:
     checkpointer.close()
   used = 'ema' if weights == 'ema' and isinstance(state, steps.EmaTrainState) else 'raw'
-  # The model alone: a loss term's network (a discriminator) stays in the checkpoint.
-  state = steps.evaluated_weights(state, config.ema_decay, used).replace(networks={})
-  return TrainedModel(model=model, config=config, state=state, step=step,
+  return TrainedModel(model=model, config=config,
+                      state=steps.evaluated_weights(state, config.ema_decay, used), step=step,
                       workdir=workdir, channels=channels, weights=used)
 
 

@@ -37,9 +37,6 @@ def on_devices(model):
 class TrainState(train_state.TrainState):
   # Variables other than params (batch statistics, EMA codebooks, ...), updated by the model.
   model_state: Any = flax.struct.field(default_factory=dict)
-  # The networks that loss terms train (a discriminator), by term name: each a
-  # flax.training.train_state.TrainState with its own parameters and optimizer state.
-  networks: Any = flax.struct.field(default_factory=dict)
 
 
 class EmaTrainState(TrainState):
@@ -50,6 +47,24 @@ class EmaTrainState(TrainState):
   `ema_params(state, decay)`, the debiased average of the weights after each update.
   """
   ema: optax.EmaState = None
+
+
+class TrainStateWithNetworks(TrainState):
+  """A train state with the networks that loss terms train (config.losses: a discriminator),
+  by term name, each a flax.training.train_state.TrainState with its own parameters and
+  optimizer state. Subclasses rather than a field, as for the EMA: a state without them has
+  no entry for them in its checkpoints, as before they existed."""
+  networks: Any = flax.struct.field(default_factory=dict)
+
+
+class EmaTrainStateWithNetworks(EmaTrainState):
+  """An EmaTrainState with networks, as TrainStateWithNetworks."""
+  networks: Any = flax.struct.field(default_factory=dict)
+
+
+def networks_of(state: TrainState) -> dict:
+  """The networks of the loss terms a state trains ({} for none)."""
+  return getattr(state, 'networks', {})
 
 
 def ema_params(state: TrainState, decay: float) -> Any:
@@ -77,12 +92,13 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                               train=False))
   params = variables.pop('params')
   networks = objective.init_networks(rng, image_shape, tx) if objective else {}
+  extra = {'networks': networks} if networks else {}
   if ema_decay > 0:
-    return EmaTrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                model_state=variables, networks=networks,
-                                ema=optax.ema(ema_decay).init(params))
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables,
-                           networks=networks)
+    cls = EmaTrainStateWithNetworks if networks else EmaTrainState
+    return cls.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables,
+                      ema=optax.ema(ema_decay).init(params), **extra)
+  cls = TrainStateWithNetworks if networks else TrainState
+  return cls.create(apply_fn=model.apply, params=params, tx=tx, model_state=variables, **extra)
 
 
 def tree_difference(expected, given) -> str | None:
@@ -224,7 +240,8 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
     loss, adaptive = sum(terms.values()), {}
     if objective:
       fixed, adaptive, term_values = objective.term_losses(
-          images, output.reconstruction, state.step, constants, state.networks, input_range)
+          images, output.reconstruction, state.step, constants, networks_of(state),
+          input_range)
       loss = loss + sum(fixed.values()) if fixed else loss
       values.update(term_values)
     return (loss, adaptive), (values, model_state, output.reconstruction)
@@ -266,7 +283,7 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
       model_state)
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   networks_loss = jnp.zeros(())
-  if state.networks:
+  if networks_of(state):
     reconstruction = jnp.concatenate([aux[2] for _, aux, _, _ in parts])
     networks, networks_loss, network_values = objective.train_networks(
         state.networks, images, reconstruction, state.step, constants, input_range, AXIS)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import flax.jax_utils
+import flax.struct
+import flax.training.train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,7 +19,8 @@ import tensorflow_datasets as tfds
 
 from configs import cifar
 from conftest import REPO, train_through_launch
-from convae_jax import config_checks, losses, models, optimizer, perceptual, steps, train
+from convae_jax import (checkpointing, config_checks, losses, models, optimizer, perceptual,
+                        steps, train)
 
 SHAPE = (32, 32, 3)
 
@@ -226,3 +229,26 @@ def test_every_preset_lists_every_setting_of_its_terms():
   assert set(config.losses.adversarial.discriminator) == {'name', 'widths', 'normalization'}
   assert not cifar.get_config('vqvae-resnet').losses
   assert perceptual.NETWORKS == ('alexnet', 'vgg16')
+
+
+def test_checkpoints_written_before_loss_terms_existed_still_restore(cifar_config, tmp_path):
+  # The train state of earlier versions: no field for the terms' networks. A state without
+  # networks is saved as it was then, and a checkpoint of then restores (not set aside).
+  class EarlierTrainState(flax.training.train_state.TrainState):
+    model_state: object = flax.struct.field(default_factory=dict)
+
+  config = cifar_config()
+  model = models.create_model(config.model)
+  tx = optimizer.create_optimizer(config)
+  state = steps.create_train_state(model, tx, jax.random.key(0), SHAPE)
+  earlier = EarlierTrainState.create(apply_fn=None, params=state.params, tx=tx,
+                                     model_state=state.model_state)
+  saver = checkpointing.Checkpointer(str(tmp_path), 3)
+  saver.save(1, jax.device_get(earlier))
+  saver.close()
+  reader = checkpointing.Checkpointer(str(tmp_path), 3)
+  restored = reader.restore_newest_readable(steps.abstract_train_state(
+      model, tx, SHAPE, objective=losses.Objective(config.losses)))
+  reader.close()
+  assert type(restored) is steps.TrainState
+  _assert_trees_equal(restored.params, state.params)
