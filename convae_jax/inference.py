@@ -399,7 +399,7 @@ class TrainedModel:
     batch = batch_size or self.config.eval_batch_size
     batch = -(-batch // len(devices)) * len(devices)
     p_eval_step = steps.make_eval_step(self.model, self.input_range, image_shape,
-                                       self.config.kernels)
+                                       self.config.kernels, self.config.eval_lpips)
     state = flax.jax_utils.replicate(self.state.replace(opt_state=None), devices)
     # The trainer's evaluation key, so a stochastic model scores as in training.
     base_rng = jax.random.split(jax.random.key(self.config.seed))[1]

@@ -400,15 +400,15 @@ _as_step_output = jax.pmap(lambda tree: tree, axis_name=AXIS)
 
 
 def make_eval_step(model, input_range: tuple[float, float], image_shape: tuple[int, ...],
-                   kernels: str = 'auto'):
+                   kernels: str = 'auto', lpips: bool = True):
   """`eval_step` pmapped over the local devices: (replicated state, images, mask, rng) ->
-  averages of mse, psnr, ssim, lpips (for images of 1 or 3 channels), loss and the model's
-  own terms and metrics (and the code counts of a model with codes). `kernels`:
-  config.kernels of the run.
+  averages of mse, psnr, ssim, lpips (if `lpips`, for images of 1 or 3 channels), loss and the
+  model's own terms and metrics (and the code counts of a model with codes). `kernels` and
+  `lpips`: config.kernels and config.eval_lpips of the run.
 
   The LPIPS weights are bound as the keyword argument `lpips_params`, replicated once here
   (pmap maps keyword arguments over their leading axis); a caller may pass its own."""
-  measured = perceptual.measurable(image_shape[-1])
+  measured = lpips and perceptual.measurable(image_shape[-1])
   names = (['loss', 'mse', 'psnr', 'ssim'] + (['lpips'] if measured else []) +
            metric_names(model, image_shape, train=False))
   step = functools.partial(eval_step, model=on_devices(model), value_range=input_range,

@@ -175,7 +175,8 @@ def _train_locked(config, workdir: str, model, info: input_pipeline.DatasetInfo,
                                        num_train_steps=num_train_steps, accumulate=True)
   train_metrics_cls = steps.train_metrics_class(model, image_shape, objective)
   no_train_metrics = lambda: steps.replicate(train_metrics_cls.empty(), devices)
-  p_eval_step = steps.make_eval_step(model, input_range, image_shape, config.kernels)
+  p_eval_step = steps.make_eval_step(model, input_range, image_shape, config.kernels,
+                                      config.eval_lpips)
   p_ema_weights = jax.pmap(lambda state: steps.evaluated_weights(state, config.ema_decay))
   pictures = jax.jit(cpu_kernels.tracing_with(config.kernels, lambda variables, x: model.apply(
       variables, x, rngs={s: jax.random.fold_in(step_rng, i)

@@ -89,6 +89,10 @@ def defaults() -> ml_collections.ConfigDict:
   config.num_train_steps = -1
 
   config.eval_batch_size = 500
+  # eval/lpips (LPIPS-AlexNet, convae_jax/perceptual.py) in every evaluation of images of 1 or
+  # 3 channels; False leaves its cost out (large images, quick sweeps). `convae evaluate`
+  # follows the run's choice.
+  config.eval_lpips = True
   config.log_every_steps = 100
   config.eval_every_steps = 2000  # Also evaluated at the end.
   config.checkpoint_every_steps = 1000  # Also saved at the end.

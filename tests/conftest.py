@@ -29,6 +29,9 @@ def tiny(config, **overrides):
   config.checkpoint_every_steps = 2
   config.num_grid_images = 4
   config.profile_num_steps = 0
+  # LPIPS's AlexNet runs slowly compiled without optimizations; the tests of eval/lpips turn
+  # it back on.
+  config.eval_lpips = False
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -57,7 +60,7 @@ def cae_workdir(tmp_path_factory, photo_data_dir):
   from convae_jax import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('cae'))
   config = tiny(photos.get_config('cae'), data_dir=photo_data_dir, num_train_steps=2,
-                eval_batch_size=128)
+                eval_batch_size=128, eval_lpips=True)
   train.train_and_evaluate(config, workdir)
   return workdir
 

@@ -14,7 +14,8 @@ def _args(data_dir):
   return ['--config', 'configs/photos.py', f'--config.data_dir={data_dir}',
           '--config.num_train_steps=6', '--config.batch_size=16', '--config.eval_batch_size=64',
           '--config.eval_every_steps=3', '--config.checkpoint_every_steps=3',
-          '--config.profile_num_steps=0', '--config.num_grid_images=8']
+          '--config.profile_num_steps=0', '--config.num_grid_images=8',
+          '--config.eval_lpips=False']
 
 
 def test_compare_names_each_differing_figure():

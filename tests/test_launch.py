@@ -15,7 +15,8 @@ def _args(workdir, data_dir, steps):
           f'--config.data_dir={data_dir}', f'--config.num_train_steps={steps}',
           '--config.batch_size=16', '--config.eval_batch_size=64', '--config.log_every_steps=2',
           '--config.eval_every_steps=3', '--config.checkpoint_every_steps=3',
-          '--config.profile_num_steps=0', '--config.num_grid_images=8']
+          '--config.profile_num_steps=0', '--config.num_grid_images=8',
+          '--config.eval_lpips=False']
 
 
 def _final_params(workdir, config):

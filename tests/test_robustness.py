@@ -31,7 +31,7 @@ def _photo_args(workdir_path, data_dir, steps, every=5):
           f'--config.data_dir={data_dir}', f'--config.num_train_steps={steps}',
           '--config.batch_size=16', f'--config.log_every_steps={every}',
           f'--config.checkpoint_every_steps={every}', '--config.eval_every_steps=100000',
-          '--config.profile_num_steps=0']
+          '--config.profile_num_steps=0', '--config.eval_lpips=False']
 
 
 def _launch_env(devices=1):

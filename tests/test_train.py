@@ -141,7 +141,7 @@ def test_train_step_normalizes_uint8_pixels_to_the_input_range(cifar_config):
 
 def test_trains_evaluates_and_counts_every_eval_image_once(cifar_config, tmp_path):
   # 20 eval images, eval batch 8: the last batch holds 4 images and 4 of padding.
-  config = cifar_config()
+  config = cifar_config(eval_lpips=True)
   with tfds.testing.mock_data(num_examples=20):
     state = train.train_and_evaluate(config, str(tmp_path))
     eval_images = input_pipeline.load_split('cifar10', 'test', None).images
