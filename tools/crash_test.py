@@ -5,7 +5,9 @@
 
 Runs launch.py once uninterrupted (the reference), then again in another workdir, killing it
 with `kill -9` after a random delay (the seed chooses them) and relaunching, `--kills` times,
-then lets it finish. Reports, for each kill, the step training had reached, the step the next
+then lets it finish. With `--after_step N` each delay counts from the moment training has
+reached step N (a kill that must land after a given checkpoint, however slow the machine is
+that day). Reports, for each kill, the step training had reached, the step the next
 launch resumed from and the steps lost (never more than the checkpoint interval), whether any
 launch picked an unreadable checkpoint, and whether the final parameters equal the
 reference's bitwise, and the whole final state (optimizer moments, any partial gradient
@@ -73,8 +75,14 @@ def _final_state(workdir):
   return step, jax.tree.leaves(saved['params']), jax.tree.leaves(saved)
 
 
+def _wait_for_step(process, workdir: str, step: int) -> None:
+  """Returns once training in `workdir` has reached `step` or `process` has ended."""
+  while process.poll() is None and _steps_reached(workdir) < step:
+    time.sleep(0.2)
+
+
 def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
-        min_delay: float, max_delay: float) -> dict:
+        min_delay: float, max_delay: float, after_step: int = 0) -> dict:
   rng = random.Random(seed)
   shutil.rmtree(workdir, ignore_errors=True)
   os.makedirs(workdir)
@@ -89,6 +97,8 @@ def run(kills: int, seed: int, workdir: str, args: list[str], interval: int,
     log_path = os.path.join(workdir, f'crashy_{i}.log')
     process, log = _launch(args, crashy, log_path)
     delay = rng.uniform(min_delay, max_delay)
+    if after_step:
+      _wait_for_step(process, crashy, after_step)
     try:
       process.wait(timeout=delay)
       finished = True
@@ -154,6 +164,9 @@ def main():
   parser.add_argument('--min_delay', type=float, default=8.0,
                       help='Seconds after a launch before its kill, at least (startup included).')
   parser.add_argument('--max_delay', type=float, default=20.0)
+  parser.add_argument('--after_step', type=int, default=0,
+                      help='Count each delay from when training reached this step (0: from '
+                      'the launch).')
   parser.add_argument('launch_args', nargs='*',
                       help=f'launch.py flags after --; default: {" ".join(DEFAULT_ARGS)}')
   options = parser.parse_args()
@@ -162,7 +175,7 @@ def main():
                        if a.startswith('--config.checkpoint_every_steps=')), 1000))
   start = time.time()
   report = run(options.kills, options.seed, options.workdir, args, interval, options.min_delay,
-               options.max_delay)
+               options.max_delay, options.after_step)
   print(f'{"launch":>6} {"delay s":>8} {"step reached":>12} {"resumed from":>12} {"lost":>5}')
   for e in report['events']:
     print(f'{e["launch"]:>6} {e["delay_s"]:>8} {e["step_reached"]:>12} {e["resumed_from"]:>12} '
