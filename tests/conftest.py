@@ -77,24 +77,39 @@ def run_cli(*argv):
   return code, out.getvalue(), err.getvalue()
 
 
-def run_launch(args, *, devices: int = 1, timeout: int = 300):
-  """Runs launch.py in a fresh process with `devices` fake CPU devices."""
+@pytest.fixture
+def xla_optimizations():
+  """Compiles this test's steps with XLA's optimizations: steps with LPIPS's AlexNet and a
+  discriminator run slowly enough without them to outweigh the longer compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+  before = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', before)
+
+
+def run_launch(args, *, devices: int = 1, timeout: int = 300, optimized: bool = False):
+  """Runs launch.py in a fresh process with `devices` fake CPU devices (compiled with XLA's
+  optimizations if `optimized`, as for the xla_optimizations fixture)."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
+  if optimized:
+    env.pop('JAX_DISABLE_MOST_OPTIMIZATIONS', None)
   return subprocess.run([sys.executable, os.path.join(REPO, 'launch.py')] + list(args),
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                         check=False)
 
 
-def train_through_launch(config_file, workdir, data_dir, *overrides):
-  """Trains `config_file` for 8 steps through launch.py; returns (train lines, final eval)
-  of its metrics.jsonl, after checking that it succeeded and saved step 8 alone."""
+def train_through_launch(config_file, workdir, data_dir, *overrides, optimized=False):
+  """Trains `config_file` for 8 steps through launch.py (`optimized`: as run_launch); returns
+  (train lines, final eval) of its metrics.jsonl, after checking that it succeeded and saved
+  step 8 alone."""
   import json  # pylint: disable=g-import-not-at-top
   result = run_launch([
       '--config', config_file, '--workdir', str(workdir), f'--config.data_dir={data_dir}',
       '--config.num_train_steps=8', '--config.batch_size=32', '--config.log_every_steps=4',
       '--config.eval_every_steps=8', '--config.checkpoint_every_steps=8',
-      '--config.profile_num_steps=0', *overrides])
+      '--config.profile_num_steps=0', *overrides], optimized=optimized)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
     lines = [json.loads(line) for line in f]

@@ -187,7 +187,7 @@ def test_the_crash_script_ends_with_the_unstopped_runs_discriminator(tmp_path, p
 def test_the_presets_train_through_launch(preset, tmp_path, photo_data_dir):
   train_lines, final_eval = train_through_launch(
       f'configs/photos.py:{preset}', tmp_path, photo_data_dir,
-      '--config.losses.adversarial.start_step=4')
+      '--config.losses.adversarial.start_step=4', optimized=True)
   assert train_lines[0]['train/loss_adversarial'] == 0.0  # Steps 1-4: before the start.
   last = train_lines[-1]
   assert last['train/loss_adversarial'] != 0.0

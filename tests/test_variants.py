@@ -49,7 +49,9 @@ SLOW = ('resae', 'denoising-resae', 'vae-resnet', 'vqvae-resnet', 'fsq-resnet', 
 @pytest.mark.parametrize('preset', [
     pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
     for p in cifar.VARIANTS if p != 'denoising-resae'])
-def test_preset_trains_with_falling_loss(preset, photo_data_dir, tmp_path):
+def test_preset_trains_with_falling_loss(preset, photo_data_dir, tmp_path, request):
+  if cifar.get_config(preset).losses:
+    request.getfixturevalue('xla_optimizations')
   config = tiny(cifar.get_config(preset), dataset='photo_patches', data_dir=photo_data_dir,
                 batch_size=32, eval_batch_size=128, num_train_steps=12, log_every_steps=4,
                 eval_every_steps=12, checkpoint_every_steps=12, learning_rate=3e-3)
