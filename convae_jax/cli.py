@@ -14,7 +14,8 @@ config.ema_decay > 0, or --weights raw):
                prints each image's PSNR
   encode       images -> --output FILE.npz: names, sizes and one latent per image
   decode       --latents FILE.npz -> --output DIR/NAME.png (the same images reconstruct writes)
-  sample       --num images from the prior -> --output DIR (models that can sample: the VAE)
+  sample       --num images from the prior -> --output DIR (models that can sample: the VAE;
+               a prior over codes, configs/cifar_prior.py, with --temperature and --top_k)
   interpolate  two images of the same size, --steps images between them -> --output DIR
 
 An unreadable or empty image file is named and skipped; the rest go on. An input that does not
@@ -80,11 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
   p = modes.add_parser('decode', parents=[common], help='Latents (.npz) -> images.')
   p.add_argument('--latents', required=True, help='An .npz written by encode.')
   p.add_argument('--output', required=True, help='Folder for the images.')
-  p = modes.add_parser('sample', parents=[common], help='Images from the prior (VAE).')
+  p = modes.add_parser('sample', parents=[common],
+                       help='Images from the prior (a VAE, or a prior run over codes).')
   p.add_argument('--num', type=int, default=16)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--height', type=int, default=None, help='Default: the training size.')
   p.add_argument('--width', type=int, default=None, help='Default: the training size.')
+  p.add_argument('--temperature', type=float, default=None,
+                 help='A prior over codes: its logits are divided by this (default 1).')
+  p.add_argument('--top_k', type=int, default=None,
+                 help='A prior over codes: each code drawn from the K likeliest (default 0: '
+                 'all).')
   p.add_argument('--output', required=True, help='Folder for the samples.')
   p = modes.add_parser('interpolate', parents=[common], help='Between two images (VAE).')
   p.add_argument('inputs', nargs=2, metavar='IMAGE', help='Two images of the same size.')
@@ -228,7 +235,17 @@ def decode(args, trained) -> None:
 
 
 def sample(args, trained) -> None:
-  samples = trained.sample(args.num, args.seed, args.height, args.width)
+  if isinstance(trained, inference.TrainedPrior):
+    if args.height is not None or args.width is not None:
+      raise inference.UsageError('sample: a prior over codes draws grids of its first stage\'s '
+                                 'training size; leave out --height and --width')
+    samples = trained.sample(args.num, 1.0 if args.temperature is None else args.temperature,
+                             args.top_k or 0, args.seed)
+  else:
+    if args.temperature is not None or args.top_k is not None:
+      raise inference.UsageError('sample: --temperature and --top_k are for a prior over codes '
+                                 '(the --workdir of configs/cifar_prior.py); leave them out')
+    samples = trained.sample(args.num, args.seed, args.height, args.width)
   out = _output_dir(args.output, [])
   for i, image in enumerate(samples):
     image_grid.save_png(image, os.path.join(out, f'sample_{i:03d}.png'))
@@ -301,6 +318,11 @@ def main(argv=None) -> int:
       trained = inference.load(pretrained.PREFIX + args.pretrained, args.step, args.weights)
     else:
       trained = inference.load(args.workdir, args.step, args.weights)
+    if isinstance(trained, inference.TrainedPrior) and args.mode != 'sample':
+      raise inference.UsageError(
+          f'{args.mode}: {args.workdir} is a prior over codes, which samples (convae sample); '
+          f'{args.mode} its first stage: --workdir {trained.first_stage.workdir}'
+          .replace('--workdir pretrained:', '--pretrained '))
     MODES[args.mode](args, trained)
   except errors.UserError as e:
     return errors.report(e)

@@ -25,8 +25,12 @@ def _allowed_types(reference: ml_collections.ConfigDict, key: str) -> tuple[type
   return (kind,)
 
 
-def _check_keys_and_types(config: ml_collections.ConfigDict) -> None:
-  reference = trainer_config.defaults()
+def check_keys_and_types(config: ml_collections.ConfigDict,
+                         reference: ml_collections.ConfigDict,
+                         origin: str = 'trainer_config.defaults(), as configs/cifar.py does'
+                         ) -> None:
+  """Every key of `config` is one of `reference` (the defaults it starts from, `origin`), of
+  its type, and none is missing."""
   keys = sorted(reference.keys())
   for key in config.keys():
     if key not in reference:
@@ -35,8 +39,7 @@ def _check_keys_and_types(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.{key}: unknown key; {hint}known keys: {", ".join(keys)}')
   missing = sorted(set(keys) - set(config.keys()))
   if missing:
-    raise ConfigError(f'config.{missing[0]} is missing; start from trainer_config.defaults(), '
-                      'as configs/cifar.py does')
+    raise ConfigError(f'config.{missing[0]} is missing; start from {origin}')
   for key in keys:
     types = _allowed_types(reference, key)
     value = config[key]
@@ -77,11 +80,11 @@ def _objective(config: ml_collections.ConfigDict, model) -> losses.Objective:
   return objective
 
 
-def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
-  """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes),
-  config.model included (its parts' settings, and what its output range allows): once it
-  passes, `models.create_model(config.model, config.dtype)` builds the model."""
-  _check_keys_and_types(config)
+def check_training(config: ml_collections.ConfigDict, num_devices: int,
+                   num_processes: int = 1) -> None:
+  """Checks of the settings every trainer shares (trainer_config.defaults()'s optimizer,
+  schedule, length, batch, logging, checkpoint and non-finite keys): those of an autoencoder
+  run and of a prior's (prior_config.py)."""
   if config.dtype not in trainer_config.DTYPES:
     raise ConfigError(f'config.dtype={config.dtype!r}: must be one of '
                       f'{", ".join(trainer_config.DTYPES)}')
@@ -89,16 +92,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
     cpu_kernels.parse(config.kernels)
   except ValueError as e:
     raise ConfigError(f'config.kernels={config.kernels!r}: {e}') from None
-  try:
-    model = models.create_model(config.model, config.dtype)
-  except (ValueError, TypeError, AttributeError) as e:
-    raise ConfigError(f'config.model: {e}') from None
-  objective = _objective(config, model)
-
   for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
               'checkpoint_every_steps', 'max_to_keep', 'accumulate_steps'):
     _check_positive(config, key)
-  for key in ('num_grid_images', 'profile_num_steps', 'seed', 'micro_batches'):
+  for key in ('profile_num_steps', 'seed', 'micro_batches'):
     if config[key] < 0:
       raise ConfigError(f'config.{key}={config[key]!r}: must be 0 or more')
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
@@ -119,10 +116,6 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
   if config.micro_batches and (config.batch_size // num_devices) % config.micro_batches:
     raise ConfigError(f'config.micro_batches={config.micro_batches} does not divide the '
                       f'{config.batch_size // num_devices} images per device; use a divisor')
-  if config.micro_batches > 1 and objective.adaptive:
-    raise ConfigError(f'config.micro_batches={config.micro_batches}: the adaptive weight of '
-                      f'config.losses.{objective.adaptive[0]} is one of the whole batch; set '
-                      '--config.micro_batches=1 (or 0, automatic)')
   if config.optimizer not in optimizer.OPTIMIZERS:
     raise ConfigError(f'config.optimizer={config.optimizer!r}: known optimizers are '
                       f'{", ".join(optimizer.OPTIMIZERS)}')
@@ -145,6 +138,28 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
       ('ema_decay', 'lie in [0, 1) (0 = off; e.g. 0.999)', lambda v: 0 <= v < 1)):
     if not ok(config[key]):
       raise ConfigError(f'config.{key}={config[key]!r}: must {rule}')
+  if config.on_non_finite not in trainer_config.ON_NON_FINITE:
+    raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
+                      f'{", ".join(trainer_config.ON_NON_FINITE)}')
+
+
+def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Validates `config` for a run on `num_devices` devices (of all `num_processes` processes),
+  config.model included (its parts' settings, and what its output range allows): once it
+  passes, `models.create_model(config.model, config.dtype)` builds the model."""
+  check_keys_and_types(config, trainer_config.defaults())
+  check_training(config, num_devices, num_processes)
+  try:
+    model = models.create_model(config.model, config.dtype)
+  except (ValueError, TypeError, AttributeError) as e:
+    raise ConfigError(f'config.model: {e}') from None
+  objective = _objective(config, model)
+  if config.num_grid_images < 0:
+    raise ConfigError(f'config.num_grid_images={config.num_grid_images!r}: must be 0 or more')
+  if config.micro_batches > 1 and objective.adaptive:
+    raise ConfigError(f'config.micro_batches={config.micro_batches}: the adaptive weight of '
+                      f'config.losses.{objective.adaptive[0]} is one of the whole batch; set '
+                      '--config.micro_batches=1 (or 0, automatic)')
   if config.input_mode not in trainer_config.INPUT_MODES:
     raise ConfigError(f'config.input_mode={config.input_mode!r}: must be one of '
                       f'{", ".join(trainer_config.INPUT_MODES)}')
@@ -153,10 +168,6 @@ def check(config: ml_collections.ConfigDict, num_devices: int, num_processes: in
   if config.image_size is not None and config.image_size < 1:
     raise ConfigError(f'config.image_size={config.image_size}: must be a positive number of '
                       'pixels, or None to keep the dataset\'s size')
-  if config.on_non_finite not in trainer_config.ON_NON_FINITE:
-    raise ConfigError(f'config.on_non_finite={config.on_non_finite!r}: must be one of '
-                      f'{", ".join(trainer_config.ON_NON_FINITE)}')
-
   if len(config.input_range) != 2 or not all(
       isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
       for v in config.input_range):

@@ -59,7 +59,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   # JAX's preemption service would catch SIGTERM for the whole process life (a SIGTERM
   # before training starts would be swallowed); the trainer handles SIGTERM/SIGINT itself
-  # (preemption.py) and all processes agree on the step to stop at (train._stop_agreed).
+  # (preemption.py) and all processes agree on the step to stop at (loop.stop_agreed).
   jax.config.update('jax_enable_preemption_service', False)
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,

@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 
 from convae_jax import (checkpointing, config_checks, errors, evaluation, image_io, losses,
-                        models, optimizer, paths, pixels, steps, trainer_config)
+                        models, optimizer, paths, pixels, prior_config, steps, trainer_config)
+from convae_jax.models import priors
 from convae_jax import pretrained
 from convae_jax.cpu import kernels as cpu_kernels
 
@@ -81,9 +82,11 @@ def training_image_size(config: ml_collections.ConfigDict, factor: int) -> tuple
 WEIGHTS = ('ema', 'raw')  # What `load(weights=...)` allows.
 
 
-def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'TrainedModel':
+def load(workdir: str, step: int | None = None,
+         weights: str = 'ema') -> 'TrainedModel | TrainedPrior':
   """The model trained in `workdir`, restored from checkpoint `step` (default: the newest);
-  or, for 'pretrained:NAME', the shipped preset NAME (`convae_jax.pretrained`).
+  or, for 'pretrained:NAME', the shipped preset NAME (`convae_jax.pretrained`). The workdir of
+  a prior over codes (configs/cifar_prior.py) gives a TrainedPrior, with its first stage.
 
   A run trained with config.ema_decay > 0 gives its EMA weights (what its eval/ metrics are
   of), or with weights='raw' the raw ones (eval_raw/); a run without EMA, its weights.
@@ -96,21 +99,12 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
       raise UsageError(f'{workdir} is one set of weights; drop --step')
     return load_pretrained(name)
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.isdir(workdir):
-    raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
-                     '(python launch.py --config ... --workdir DIR)')
-  saved_steps = checkpointing.finished_steps(workdir)
-  if not saved_steps:
-    raise UsageError(f'{workdir} has no checkpoint in {os.path.join(workdir, "checkpoints")}; '
-                     f'train first: python launch.py --config configs/cifar.py --workdir '
-                     f'{workdir}')
-  if step is None:
-    step = saved_steps[-1]
-  elif step not in saved_steps:
-    raise UsageError(f'{workdir} has no checkpoint at step {step}; available steps: '
-                     f'{", ".join(map(str, saved_steps))}')
+  step = _checkpoint_step(workdir, step)
   path = config_path(workdir, step)
-  config = trainer_config.completed(read_config(path))
+  saved = read_config(path)
+  if 'autoencoder' in saved:
+    return _load_prior(workdir, step, path, saved, weights)
+  config = trainer_config.completed(saved)
   if 'model' not in config:
     raise UsageError(f'{path} has no model config; pass the --workdir of a training run')
   try:
@@ -129,23 +123,46 @@ def load(workdir: str, step: int | None = None, weights: str = 'ema') -> 'Traine
       model, optimizer.create_optimizer(config),
       (*training_image_size(config, 2**model.num_downsamplings), channels), config.ema_decay,
       objective)
-  checkpointer = checkpointing.Checkpointer(workdir, config.max_to_keep)
-  try:
-    state = checkpointer.restore(target, step)
-  except Exception as e:  # pylint: disable=broad-except  # Any failure means the same here.
-    others = [s for s in saved_steps if s != step]
-    reason = (str(e).splitlines() or [''])[0].split('. ')[0][:200]
-    raise UsageError(
-        f'checkpoint {step} in {checkpointer.directory} cannot be restored into the model of '
-        f'{path} ({type(e).__name__}: {reason})'
-        + (f'; try --step with one of: {", ".join(map(str, others))}' if others else '')
-    ) from None
-  finally:
-    checkpointer.close()
+  state = _restore(workdir, step, target, path, config.max_to_keep)
   used = 'ema' if weights == 'ema' and isinstance(state, steps.EmaTrainState) else 'raw'
   return TrainedModel(model=model, config=config,
                       state=steps.evaluated_weights(state, config.ema_decay, used), step=step,
                       workdir=workdir, channels=channels, weights=used)
+
+
+def _checkpoint_step(workdir: str, step: int | None) -> int:
+  """`step`, or the newest, once the workdir is found to hold that checkpoint."""
+  if not os.path.isdir(workdir):
+    raise UsageError(f'workdir {workdir} does not exist; pass the --workdir of a training run '
+                     '(python launch.py --config ... --workdir DIR)')
+  saved_steps = checkpointing.finished_steps(workdir)
+  if not saved_steps:
+    raise UsageError(f'{workdir} has no checkpoint in {os.path.join(workdir, "checkpoints")}; '
+                     f'train first: python launch.py --config configs/cifar.py --workdir '
+                     f'{workdir}')
+  if step is None:
+    return saved_steps[-1]
+  if step not in saved_steps:
+    raise UsageError(f'{workdir} has no checkpoint at step {step}; available steps: '
+                     f'{", ".join(map(str, saved_steps))}')
+  return step
+
+
+def _restore(workdir: str, step: int, target, config_file: str, max_to_keep: int):
+  """Checkpoint `step` of `workdir` restored into `target` (an abstract train state)."""
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep)
+  try:
+    return checkpointer.restore(target, step)
+  except Exception as e:  # pylint: disable=broad-except  # Any failure means the same here.
+    others = [s for s in checkpointing.finished_steps(workdir) if s != step]
+    reason = (str(e).splitlines() or [''])[0].split('. ')[0][:200]
+    raise UsageError(
+        f'checkpoint {step} in {checkpointer.directory} cannot be restored into the model of '
+        f'{config_file} ({type(e).__name__}: {reason})'
+        + (f'; try --step with one of: {", ".join(map(str, others))}' if others else '')
+    ) from None
+  finally:
+    checkpointer.close()
 
 
 def load_pretrained(name: str) -> 'TrainedModel':
@@ -197,6 +214,9 @@ class TrainedModel:
     self._interpolate = jax.jit(traced(
         lambda v, x, y, steps: model.apply(v, x, y, steps, method='interpolate', rngs=rngs)),
                                 static_argnums=(3,))
+    self._codes = jax.jit(traced(lambda v, x: model.apply(v, x, method='codes', rngs=rngs)))
+    self._decode_codes = jax.jit(traced(
+        lambda v, codes: model.apply(v, codes, method='decode_codes', rngs=rngs)))
 
   def __repr__(self) -> str:
     return (f'TrainedModel(model={self.name!r}, step={self.step}, weights={self.weights!r}, '
@@ -320,6 +340,43 @@ class TrainedModel:
     probe = np.zeros((1, self.factor, self.factor, self.channels), np.float32)
     return jax.eval_shape(self._encode, self.variables, probe).shape[-1]
 
+  @property
+  def code_grid(self) -> tuple[int, int]:
+    """The code grid (h, w) of the training images: what a prior over its codes models."""
+    height, width = training_image_size(self.config, self.factor)
+    return height // self.factor, width // self.factor
+
+  def require_codes(self, what: str) -> None:
+    """Raises UsageError (one line) unless the model has discrete codes (vq, fsq)."""
+    if not self.model.num_codes:
+      raise UsageError(f'{what}: model {self.name!r} ({self.workdir}) has no discrete codes: '
+                       'a prior over codes needs a first stage with a vq or fsq bottleneck, '
+                       'e.g. pretrained:vqvae-resnet or a run of configs/cifar.py:vqvae-resnet')
+
+  def codes(self, images, batch_size: int = 250) -> np.ndarray:
+    """The code index at each latent position of `images` [N, H, W, C] (uint8, or floats
+    in [0, 1]) whose sides divide by `factor`: int32 [N, H / factor, W / factor]."""
+    self.require_codes('codes')
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] % self.factor or images.shape[2] % self.factor:
+      raise UsageError(f'codes: images of shape {images.shape}: pass [N, H, W, '
+                       f'{self.channels}] with H and W multiples of {self.factor}')
+    return np.concatenate([
+        np.asarray(self._codes(self.variables, self._to_model(self._as_images(images[s])[0])),
+                   np.int32) for s in self._chunks(len(images), batch_size)])
+
+  def decode_codes(self, codes, batch_size: int = 250) -> np.ndarray:
+    """Images [N, H, W, C] in [0, 1] decoded from code indices [N, h, w]."""
+    self.require_codes('decode_codes')
+    codes = np.asarray(codes)
+    if (codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer) or
+        codes.min() < 0 or codes.max() >= self.model.num_codes):
+      raise UsageError(f'decode_codes: codes of shape {codes.shape} and dtype {codes.dtype}: '
+                       f'pass integers [N, h, w] in [0, {self.model.num_codes})')
+    return np.concatenate([
+        self._to_unit(self._decode_codes(self.variables, codes[s].astype(np.int32)))
+        for s in self._chunks(len(codes), batch_size)])
+
   def require_can_sample(self, what: str = 'sample') -> None:
     """Raises UsageError (one line) unless the model declares `can_sample`."""
     if not self.can_sample:
@@ -413,6 +470,85 @@ class TrainedModel:
           self.config.kernels)
       scalars['importance_samples'] = importance_samples
     return {**scalars, 'num_images': data.num_examples}
+
+
+def _load_prior(workdir: str, step: int, path: str, saved: ml_collections.ConfigDict,
+                weights: str) -> 'TrainedPrior':
+  """The prior trained in `workdir` (its config `saved`, at `path`) and its first stage."""
+  config = prior_config.defaults()
+  config.update(saved)
+  first_stage = load(config.autoencoder)
+  if not isinstance(first_stage, TrainedModel):
+    raise UsageError(f'{path}: config.autoencoder={config.autoencoder!r} is itself a prior; '
+                     'a prior models the codes of an autoencoder')
+  first_stage.require_codes(f'{path}: config.autoencoder')
+  try:
+    prior = priors.create_prior(config.model, first_stage.model.num_codes,
+                                first_stage.code_grid, config.dtype)
+  except (ValueError, TypeError, AttributeError) as e:
+    raise UsageError(f'{path}: config.model: {e} (a prior of your own: import the module '
+                     'that registers it first; the CLI takes --module NAME)') from None
+  target = steps.abstract_train_state(prior, optimizer.create_optimizer(config),
+                                      first_stage.code_grid, config.ema_decay)
+  state = _restore(workdir, step, target, path, config.max_to_keep)
+  used = 'ema' if weights == 'ema' and isinstance(state, steps.EmaTrainState) else 'raw'
+  return TrainedPrior(prior=prior, config=config,
+                      state=steps.evaluated_weights(state, config.ema_decay, used), step=step,
+                      workdir=workdir, first_stage=first_stage, weights=used)
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class TrainedPrior:
+  """A restored prior over the codes of `first_stage`, which decodes its samples."""
+  prior: priors.CodePrior
+  config: ml_collections.ConfigDict
+  state: steps.TrainState
+  step: int
+  workdir: str
+  first_stage: TrainedModel
+  weights: str = 'raw'
+
+  def __post_init__(self):
+    self.variables = {'params': self.state.params, **self.state.model_state}
+    self._sample = jax.jit(functools.partial(priors.sample, self.prior),
+                           static_argnums=(2, 3, 4))
+    self._nll = jax.jit(lambda v, codes: self.prior.apply(v, codes).losses['nll'])
+
+  def __repr__(self) -> str:
+    return (f'TrainedPrior(model={self.config.model.name!r}, step={self.step}, '
+            f'weights={self.weights!r}, workdir={self.workdir!r}, '
+            f'first_stage={self.first_stage.workdir!r})')
+
+  @property
+  def can_sample(self) -> bool:
+    return True
+
+  def sample_codes(self, num: int, temperature: float = 1.0, top_k: int = 0,
+                   seed: int = 0) -> np.ndarray:
+    """`num` code grids [num, h, w] drawn in raster order at `temperature`, each code from
+    the `top_k` likeliest (0: all)."""
+    if num < 1:
+      raise UsageError(f'sample: num={num} must be >= 1')
+    if not temperature > 0:
+      raise UsageError(f'sample: temperature={temperature} must be positive')
+    if not 0 <= top_k <= self.prior.num_codes:
+      raise UsageError(f'sample: top_k={top_k} must lie in [0, {self.prior.num_codes}] '
+                       '(0: all codes)')
+    return np.asarray(self._sample(self.variables, jax.random.key(seed), num,
+                                   float(temperature), int(top_k)))
+
+  def sample(self, num: int, temperature: float = 1.0, top_k: int = 0,
+             seed: int = 0) -> np.ndarray:
+    """`num` images [num, H, W, C] in [0, 1]: sampled codes decoded by the first stage."""
+    return self.first_stage.decode_codes(self.sample_codes(num, temperature, top_k, seed))
+
+  def nll_bits(self, codes) -> np.ndarray:
+    """The prior's negative log-likelihood of code grids [N, h, w], bits per code [N]."""
+    codes = np.asarray(codes)
+    if codes.shape[1:] != tuple(self.prior.grid):
+      raise UsageError(f'nll_bits: codes of shape {codes.shape}; the prior models grids of '
+                       f'{self.prior.grid[0]}x{self.prior.grid[1]}')
+    return np.asarray(self._nll(self.variables, codes.astype(np.int32))) / np.log(2.0)
 
 
 def _single_images(images: Sequence[Any]) -> list[Any]:

@@ -47,7 +47,8 @@ class ImageSizeError(errors.UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split decoded into host memory: uint8 images [N, H, W, C]."""
+  """One split decoded into host memory: uint8 images [N, H, W, C] (or a prior's code grids
+  [N, h, w]: the batching below reads rows of any shape)."""
   images: np.ndarray
 
   @property

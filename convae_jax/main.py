@@ -146,14 +146,16 @@ def _train(argv):
                                    'metrics and pictures, e.g. --workdir runs/cae'))
   # Import after flag parsing so that --help stays fast.
   # pylint: disable=g-import-not-at-top
-  from convae_jax import distributed, input_pipeline, preemption, train
+  from convae_jax import distributed, input_pipeline, preemption, prior_train, train
   logs.quiet_libraries()
   try:
     input_pipeline.hide_accelerators_from_tensorflow()
     # Before anything starts a JAX backend.
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            force=FLAGS.distributed)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    # A config naming a first stage (configs/cifar_prior.py) trains a prior over its codes.
+    trainer = prior_train if 'autoencoder' in FLAGS.config else train
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserError as e:
     errors.refuse(e)
   except FloatingPointError as e:

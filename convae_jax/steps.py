@@ -234,8 +234,9 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
     terms = {name: jnp.mean(term) for name, term in output.losses.items()}
     values = {f'loss_{name}': term for name, term in terms.items()}
     values.update({name: jnp.mean(value) for name, value in output.metrics.items()})
-    if output.codes is not None:  # Per batch here; evaluation counts over the whole split.
-      counts = metrics.code_counts(output.codes, model.num_codes)
+    codes = getattr(output, 'codes', None)  # A prior over codes has none of its own.
+    if codes is not None:  # Per batch here; evaluation counts over the whole split.
+      counts = metrics.code_counts(codes, model.num_codes)
       values.update({f'batch_{k}': v for k, v in metrics.code_statistics(counts).items()})
     loss, adaptive = sum(terms.values()), {}
     if objective:
@@ -244,7 +245,9 @@ def train_step(state: TrainState, images: jax.Array, base_rng: jax.Array, *, mod
           input_range)
       loss = loss + sum(fixed.values()) if fixed else loss
       values.update(term_values)
-    return (loss, adaptive), (values, model_state, output.reconstruction)
+    # The reconstruction is kept for the networks of loss terms only.
+    reconstruction = output.reconstruction if networks_of(state) else None
+    return (loss, adaptive), (values, model_state, reconstruction)
 
   def grads_of(images, rngs):
     """(loss, adaptive losses), aux, the gradient of the loss, {adaptive term: its gradient}."""
@@ -356,7 +359,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, image_shape: tuple
   metrics_cls = train_metrics_class(model, image_shape, objective)
   step = functools.partial(
       train_step, model=on_devices(model), metrics_cls=metrics_cls,
-      input_range=tuple(config.input_range),
+      # A prior over codes trains on integer codes, not pixels: no input range.
+      input_range=tuple(config.input_range) if 'input_range' in config else None,
       skip_non_finite=config.on_non_finite == 'skip',
       micro_batches=micro_batches(config, model, jax.device_count(), jax.default_backend(),
                                   image_shape),
@@ -427,6 +431,6 @@ def metric_names(model, image_shape: tuple[int, ...], train: bool = True) -> lis
   variables = jax.eval_shape(lambda: model.init(rngs(), images, train=False))
   output = jax.eval_shape(lambda v: model.apply(v, images, train=False, rngs=rngs()), variables)
   names = [f'loss_{name}' for name in output.losses] + list(output.metrics)
-  if train and output.codes is not None:
+  if train and getattr(output, 'codes', None) is not None:
     names += [f'batch_{name}' for name in ('codes_used', 'code_perplexity')]
   return names

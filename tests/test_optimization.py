@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar
-from convae_jax import models, optimizer, preemption, steps, train
+from convae_jax import loop, models, optimizer, preemption, steps, train
 
 
 @pytest.mark.parametrize('schedule', ['constant', 'warmup_cosine', 'warmup_linear',
@@ -105,7 +105,7 @@ def _straight_and_resumed(config, tmp_path, monkeypatch, stop_after: int, check_
   with tfds.testing.mock_data(num_examples=20):
     straight = train.train_and_evaluate(config(), str(tmp_path / 'a'))
     with monkeypatch.context() as patch:
-      patch.setattr(train, '_stop_agreed',
+      patch.setattr(loop, 'stop_agreed',
                     lambda stop, step, config, is_last: step == stop_after)
       with pytest.raises(preemption.Preempted):
         train.train_and_evaluate(config(), str(tmp_path / 'b'))

@@ -170,6 +170,12 @@ class PartsAutoencoder(base.Autoencoder):
                                   losses={**losses, **bottleneck.losses}, metrics=metrics,
                                   codes=bottleneck.codes)
 
+  def codes(self, images):
+    return self.bottleneck_part(self.features(images, False), False, 1).codes
+
+  def decode_codes(self, codes):
+    return self.decode(self.bottleneck_part.code_latents(codes), False)
+
   def log_importance_weight(self, images):
     z, log_ratio = self.bottleneck_part.posterior_sample(self.features(images, False))
     _, nll = self.likelihood_part(self.decoder_outputs(z, False), images)

@@ -20,6 +20,8 @@ that size only), `num_codes` and `exact_input_range`.
 Field checks use `require`.
 `latents(images)` is the latent that `decode` maps to the evaluation reconstruction
 (`encode(images, train=False)` unless overridden); `convae_jax.inference` encodes with it.
+A model with codes gives them with `codes(images)` and decodes them with `decode_codes`,
+which a prior over its codes samples through (models.priors).
 Variables outside 'params' (batch statistics, EMA codebooks, counters) are updated in
 training by declaring them with `self.variable(collection, ...)`; the trainer makes every such
 collection mutable, averages it across devices and checkpoints it.
@@ -155,6 +157,16 @@ class Autoencoder(nn.Module):
     (e.g. quantized codebook vectors). `convae_jax.inference` encodes and decodes with it.
     """
     return self.encode(images, train=False)
+
+  def codes(self, images: jax.Array) -> jax.Array:
+    """The code index at each latent position of `images`, ints [N, h, w] (a model with
+    `num_codes` > 0): what a prior over codes (models.priors) is trained on."""
+    return self(images, train=False).codes
+
+  def decode_codes(self, codes: jax.Array) -> jax.Array:
+    """Images [N, H, W, C] in `output_range` decoded from code indices [N, h, w], as from
+    the codes of `codes(images)` (a model with `num_codes` > 0)."""
+    raise NotImplementedError(f'{type(self).__name__} cannot decode codes')
 
   def sample(self, num: int, height: int, width: int) -> jax.Array:
     """`num` images [num, height, width, C] generated from the prior, in `output_range`.

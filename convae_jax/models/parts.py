@@ -101,6 +101,12 @@ class Bottleneck(nn.Module):
     quantized vectors)."""
     return self(features, False, 1).latents
 
+  def code_latents(self, codes: jax.Array) -> jax.Array:
+    """What the decoder takes for code indices [N, h, w] (a bottleneck with `num_codes`): the
+    latents `latents` gives for features whose codes they are. A prior over the codes decodes
+    its samples through this."""
+    raise NotImplementedError(f'{type(self).__name__} has no discrete codes')
+
   def sample_prior(self, num: int, height: int, width: int) -> jax.Array:
     """`num` decoder inputs [num, height, width, ...] drawn from the prior (can_sample)."""
     raise NotImplementedError
@@ -143,9 +149,10 @@ class Corruption(nn.Module):
     raise NotImplementedError
 
 
-def part_config(parts_registry: registry.Registry, name: str,
+def part_config(parts_registry: registry.Registry, name: str, filled_in: tuple[str, ...] = (),
                 **settings) -> ml_collections.ConfigDict:
-  """A part's config: its name and every setting, at its default unless given.
+  """A part's config: its name and every setting, at its default unless given; `filled_in`
+  names fields its user fills in rather than the config (a prior's num_codes, grid, dtype).
 
   Every key is present, so `--config.model.<part>.<setting>=...` can override any of them;
   a None default becomes a typed placeholder (it takes a value of the annotated type).
@@ -154,7 +161,7 @@ def part_config(parts_registry: registry.Registry, name: str,
   hints = typing.get_type_hints(cls)
   config = ml_collections.ConfigDict({'name': name})
   for field in dataclasses.fields(cls):
-    if field.name in registry.NOT_SETTINGS:
+    if field.name in registry.NOT_SETTINGS or field.name in filled_in:
       continue
     value = settings.pop(field.name, field.default)
     if value is None:

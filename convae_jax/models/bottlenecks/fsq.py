@@ -122,6 +122,11 @@ class FiniteScalarQuantizer(parts.Bottleneck):
       steps_seen.value += 1.0
     return weight
 
+  def code_latents(self, codes):
+    """The grid points of `codes` [N, h, w], projected to the encoder's channels."""
+    projection = self.variables['params']['from_code']
+    return Grid(self.levels).points(codes) @ projection['kernel'] + projection['bias']
+
   @nn.compact
   def __call__(self, features, train, image_dims):
     del image_dims

@@ -124,6 +124,19 @@ class VectorQuantizer(parts.Bottleneck):
         # A deterministic code under a uniform prior: log(num_codes) nats a position.
         rate=jnp.full(codes.shape[:1], positions * math.log(self.num_codes)))
 
+  def code_latents(self, codes):
+    """The codebook vectors of `codes` [N, h, w], projected back to the encoder's channels
+    where code_dim differs; read from the variables __call__ made."""
+    params, state = self.variables['params'], self.variables['vq']
+    if self.codebook == 'ema':
+      raw = state['embed_sum'] / jnp.maximum(state['cluster_size'], 1e-12)[:, None]
+    else:
+      raw = params['codebook'] + state['offset']
+    vectors = self._normalized(raw)[codes]
+    if 'from_code' in params:
+      vectors = vectors @ params['from_code']['kernel'] + params['from_code']['bias']
+    return vectors
+
   def _codebook_variables(self, dim: int) -> dict:
     k = self.num_codes
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
