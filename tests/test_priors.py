@@ -192,16 +192,38 @@ def test_a_workdir_keeps_the_codes_of_its_first_stage(vq_workdir, photo_data_dir
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2']
 
 
-def test_sample_refuses_bad_settings(vq_workdir, photo_data_dir, tmp_path):
-  workdir = tmp_path / 'prior'
+@pytest.fixture(scope='module')
+def prior_workdir(vq_workdir, photo_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('prior'))
   prior_train.train_and_evaluate(prior_config(vq_workdir, photo_data_dir, num_train_steps=2),
-                                 str(workdir))
+                                 workdir)
+  return workdir
+
+
+def test_sample_refuses_bad_settings(prior_workdir, tmp_path):
   for flags, message in ((['--temperature', 0], 'temperature=0.0 must be positive'),
-                         (['--top_k', 600], 'top_k=600 must lie in [0, 512]')):
-    code, _, stderr = run_cli('sample', '--workdir', workdir, '--output', tmp_path / 'out',
-                              *flags)
+                         (['--top_k', 600], 'top_k=600 must lie in [0, 512]'),
+                         (['--height', 64], 'leave out --height and --width')):
+    code, _, stderr = run_cli('sample', '--workdir', prior_workdir, '--output',
+                              tmp_path / 'out', *flags)
     assert code == 2 and message in stderr, stderr
     assert not os.path.exists(tmp_path / 'out')
-  code, _, stderr = run_cli('reconstruct', '--workdir', workdir, '--output', tmp_path / 'r',
-                            os.path.join(REPO, 'docs', 'sanity_curves.png'))
-  assert code == 2 and 'a prior over codes' in stderr, stderr
+  code, _, stderr = run_cli('reconstruct', '--workdir', prior_workdir, '--output',
+                            tmp_path / 'r', os.path.join(REPO, 'docs', 'coffee.jpg'))
+  assert code == 2 and 'is a prior over codes, which samples' in stderr, stderr
+
+
+def test_the_prior_table_shows_the_runs_figures(prior_workdir, capsys):
+  from tools import prior_table  # pylint: disable=g-import-not-at-top
+  assert prior_table.main([f'tiny={prior_workdir}', '--below', '0.15']) == 0
+  header, _, line = capsys.readouterr().out.strip().splitlines()
+  assert header.startswith('| run | prior | first stage |')
+  cells = dict(zip(prior_table.COLUMNS, [c.strip() for c in line.strip('|').split('|')]))
+  lines = [json.loads(l) for l in open(os.path.join(prior_workdir, 'metrics.jsonl'),
+                                       encoding='utf-8')]
+  final = [l for l in lines if 'eval/bits_per_code' in l][-1]
+  assert cells['bits/code'] == f'{final["eval/bits_per_code"]:.3f}'
+  assert cells['prior'] == 'transformer' and cells['training'] == '2 steps'
+  below = final['eval/below_marginal_entropy']
+  assert cells['status'] == ('met' if below >= 0.15 else
+                             f'missed by {100 * (0.15 - below):.1f} percentage points')

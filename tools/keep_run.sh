@@ -1,6 +1,7 @@
 #!/bin/bash
-# Keeps what a results table needs of a run: its config.json, metrics.jsonl, last pictures and
-# machine.json (the machine kind it ran on: run this where it trained).
+# Keeps what a results table needs of a run: its config.json, metrics.jsonl, last pictures,
+# a prior's codes/about.json and machine.json (the machine kind it ran on: run this where it
+# trained).
 #     tools/keep_run.sh WORKDIR OUT
 set -euo pipefail
 workdir=$1 out=$2
@@ -8,4 +9,7 @@ mkdir -p "$out/images"
 cp "$workdir/config.json" "$workdir/metrics.jsonl" "$out/"
 last=$(ls "$workdir/checkpoints" | sort -n | tail -1)
 cp "$workdir"/images/*_"$last".png "$out/images/"
+if [ -f "$workdir/codes/about.json" ]; then  # A prior's: whose codes, their entropy.
+  mkdir -p "$out/codes" && cp "$workdir/codes/about.json" "$out/codes/"
+fi
 python "$(dirname "$0")/../benchmarks/machine.py" > "$out/machine.json"

@@ -2,9 +2,9 @@
 
     python tools/refresh_tables.py README.md
 
-Each `...tools/results_table.py ...` command in backticks is run (with bash, from the
-repository root), and the first results table after it (the block of lines starting
-'| run | model |') is replaced by what the command prints. The page is rewritten only if
+Each `...tools/results_table.py ...` or `...tools/prior_table.py ...` command in backticks
+is run (with bash, from the repository root), and the first results table after it (the
+block of lines starting '| run |') is replaced by what the command prints. The page is rewritten only if
 every command succeeds.
 """
 import os
@@ -12,8 +12,8 @@ import re
 import subprocess
 import sys
 
-COMMAND = re.compile(r'`([^`\n]*tools/results_table\.py[^`\n]*)`')  # Within a line.
-HEADER = '| run | model |'
+COMMAND = re.compile(r'`([^`\n]*tools/(?:results|prior)_table\.py[^`\n]*)`')  # In a line.
+HEADER = '| run |'
 
 
 def refresh(text: str, root: str) -> str:

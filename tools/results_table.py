@@ -188,7 +188,7 @@ def _last_eval(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
   return config, with_evaluation(workdir, config, evals[-1])
 
 
-def _training(config: ml_collections.ConfigDict, step: int) -> str:
+def training_length(config: ml_collections.ConfigDict, step: int) -> str:
   if config.num_train_steps > 0:
     return f'{step} steps'
   epochs = f'{config.num_epochs:g}'
@@ -252,7 +252,7 @@ def target_rows(runs: list[tuple[str, str]], targets: dict) -> list[dict[str, st
     finals[name] = last
     model = _model(workdir, config)
     rows.append({'run': name, 'model': model.label or config.model.name,
-                 'training': _training(config, last['step']),
+                 'training': training_length(config, last['step']),
                  'main figure': _main_figure(workdir, config, last, model),
                  'LPIPS': f'{last["eval/lpips"]:.4f}' if 'eval/lpips' in last else '-'})
   for entry in rows:
