@@ -113,6 +113,14 @@ def eval_step(state: steps.TrainState, codes: jax.Array, mask: jax.Array, base_r
       mask=mask, nll=output.losses['nll'], bits_per_code=output.metrics['bits_per_code'])
 
 
+def make_eval_step(model: priors.CodePrior):
+  """`eval_step` pmapped over the local devices: (replicated state, codes [devices, batch,
+  h, w], mask, rng) -> the averages of nll and bits_per_code."""
+  return jax.pmap(functools.partial(
+      eval_step, model=model, metrics_cls=metrics.eval_collection(['nll', 'bits_per_code'], 0)),
+                  axis_name=steps.AXIS, in_axes=(0, 0, 0, None))
+
+
 def _train_locked(config, workdir: str, model: priors.CodePrior,
                   first_stage: inference.TrainedModel) -> steps.TrainState:
   devices = jax.local_devices()
@@ -151,10 +159,7 @@ def _train_locked(config, workdir: str, model: priors.CodePrior,
                                        accumulate=True)
   train_metrics_cls = steps.train_metrics_class(model, grid)
   no_train_metrics = lambda: steps.replicate(train_metrics_cls.empty(), devices)
-  p_eval_step = jax.pmap(functools.partial(
-      eval_step, model=model,
-      metrics_cls=metrics.eval_collection(['nll', 'bits_per_code'], 0)),
-                         axis_name=steps.AXIS, in_axes=(0, 0, 0, None))
+  p_eval_step = make_eval_step(model)
   p_ema_weights = jax.pmap(lambda state: steps.evaluated_weights(state, config.ema_decay))
   sample = jax.jit(functools.partial(priors.sample, model), static_argnums=(2, 3, 4))
   where = dict(num_local_devices=len(devices), process_index=jax.process_index(),

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import cifar
+from configs import cifar, cifar_prior
 from conftest import tiny
-from convae_jax import (config_checks, losses, models, optimizer, perceptual, steps,
-                        trainer_config)
+from convae_jax import (config_checks, losses, models, optimizer, perceptual, prior_train,
+                        steps, trainer_config)
+from convae_jax.models import priors
 from convae_jax.cpu import kernels as cpu_kernels
 
 # jax.export's platform names, with the jax.default_backend() of each.
@@ -126,6 +127,34 @@ def test_preset_step_lowers_for_gpu_and_tpu(preset, dtype, kind):
     assert not unexpected, (
         f'{preset} {kind} step ({dtype}) on {platform} calls {", ".join(sorted(unexpected))}: '
         'a CPU-only kernel, or a GPU/TPU one to check and add to ALLOWED_CUSTOM_CALLS')
+
+
+@pytest.mark.parametrize('dtype', trainer_config.DTYPES)
+@pytest.mark.parametrize('preset', cifar_prior.PRESETS)
+def test_prior_steps_and_sampling_lower_for_gpu_and_tpu(preset, dtype):
+  config = tiny(cifar_prior.get_config(preset), dtype=dtype)
+  grid = (8, 8)
+  model = priors.create_prior(config.model, 512, grid, config.dtype)
+  tx = optimizer.create_optimizer(config, NUM_TRAIN_STEPS)
+  state = _per_device(steps.abstract_train_state(model, tx, grid, config.ema_decay))
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  codes = lambda batch: jax.ShapeDtypeStruct((DEVICES, batch // DEVICES) + grid, jnp.int32)
+  totals = _per_device(jax.eval_shape(steps.train_metrics_class(model, grid).empty))
+  train_step = steps.make_train_step(config, model, grid, num_train_steps=NUM_TRAIN_STEPS,
+                                     accumulate=True)
+  mask = jax.ShapeDtypeStruct((DEVICES, config.eval_batch_size // DEVICES), jnp.bool_)
+  variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)},
+                                                jnp.zeros((1,) + grid, jnp.int32)))
+  made = {
+      'train': lambda: (train_step, (state, totals, codes(config.batch_size), rng)),
+      'eval': lambda: (prior_train.make_eval_step(model),
+                       (state, codes(config.eval_batch_size), mask, rng)),
+      'sample': lambda: (lambda v, r: priors.sample(model, v, r, 4, 1.0, 8), (variables, rng)),
+  }
+  for kind, make in made.items():
+    for platform in PLATFORMS:
+      unexpected = _unexpected_custom_calls(_lower(make, platform))
+      assert not unexpected, f'{preset} {kind} ({dtype}) on {platform}: {unexpected}'
 
 
 @pytest.mark.parametrize('preset', ['cae', 'resae'])
