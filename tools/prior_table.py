@@ -12,7 +12,6 @@ VQ-VAE paper's figure: the prior's code NLL plus the first stage's reconstructio
 its likelihood gives one; '-' where not), the machine kind; with --below F, whether the NLL is
 at least the fraction F below the entropy, or by how much it falls short.
 """
-import json
 import os
 import sys
 
