@@ -21,7 +21,7 @@ PRESETS = {
     # taming-transformers' second stage, small: a causal transformer in raster order.
     'transformer': ('transformer', {'width': 128, 'depth': 4, 'num_heads': 4}),
     # The VQ-VAE paper's prior: a gated PixelCNN.
-    'pixelcnn': ('pixelcnn', {'width': 64, 'depth': 8, 'kernel_size': 5}),
+    'pixelcnn': ('pixelcnn', {'width': 96, 'depth': 8, 'kernel_size': 3}),
 }
 
 TRAINING = {'schedule': 'warmup_cosine', 'warmup_fraction': 0.02, 'learning_rate': 1e-3,
