@@ -130,7 +130,7 @@ class _Progress:
       return None
     left = (self._num_train_steps - step) * seconds / steps
     if jax.process_index() == 0:
-      logging.info('Step %d of %d (%.0f%%): loss %.4g, %.0f images/s, %s left', step,
+      logging.info('Step %d of %d (%.0f%%): loss %.4g, %.0f examples/s, %s left', step,
                    self._num_train_steps, 100 * step / self._num_train_steps, loss,
                    steps * self._batch_size / seconds, _duration(left))
     return steps / seconds

@@ -1,4 +1,5 @@
-"""The one trainer: any registered autoencoder on any TFDS image dataset.
+"""The autoencoders' trainer: any registered autoencoder on any TFDS image dataset (priors
+over their codes: prior_train.py, on the same loop, loop.py).
 
 `train_and_evaluate(config, workdir)` trains with the jitted, pmapped step of steps.py over
 the local devices (gradients and metrics averaged with `lax.pmean`), evaluates on the whole eval
