@@ -3,6 +3,7 @@ order of both priors, codes decoded as the autoencoder decodes them, a tiny prio
 through launch.py that resumes exactly and samples, and the refusals."""
 import json
 import os
+import re
 
 import jax
 import ml_collections
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, run_launch, tiny
-from convae_jax import inference, loop, models, preemption, prior_train, train
+from convae_jax import errors, inference, loop, models, preemption, prior_train, train
 from convae_jax.models import priors
 
 TINY_PRIORS = {'transformer': {'width': 16, 'depth': 1, 'num_heads': 2},
@@ -160,20 +161,27 @@ def test_a_tiny_prior_trains_through_launch_and_samples(vq_workdir, photo_data_d
 def test_refusals_name_the_problem_and_write_nothing(vq_workdir, cae_workdir, photo_data_dir,
                                                      tmp_path):
   cases = {
-      'no_codes': ([], cae_workdir, 'has no discrete codes'),
-      'grid': (['--config.image_size=64'], vq_workdir, 'code grid of 16x16'),
-      'no_first_stage': ([], '', 'config.autoencoder is not set'),
-      'filled_in': (['--config.model.num_codes=16'], vq_workdir, 'no such key'),
-      'bad_setting': (['--config.model.depth=0'], vq_workdir, 'depth=0 must be'),
+      'no_codes': ({'autoencoder': cae_workdir}, 'has no discrete codes'),
+      'grid': ({'image_size': 64}, 'code grid of 16x16'),
+      'no_first_stage': ({'autoencoder': ''}, 'config.autoencoder is not set'),
+      'filled_in': ({'model.num_codes': 16}, 'model.num_codes: set by the first stage'),
+      'bad_setting': ({'model.depth': 0}, 'depth=0 must be'),
+      'unknown_prior': ({'model.name': 'maskgit'}, "unknown model.name 'maskgit'"),
   }
-  for case, (more, first_stage, message) in cases.items():
+  for case, (overrides, message) in cases.items():
+    config = prior_config(vq_workdir, photo_data_dir)
+    for key, value in overrides.items():
+      parent, _, leaf = key.rpartition('.')
+      (config[parent] if parent else config)[leaf] = value
     workdir = tmp_path / case
-    result = run_launch(launch_args(workdir, first_stage, photo_data_dir, *more))
-    assert result.returncode == 2, (case, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert message in lines[-1] and lines[-1].startswith('error:'), (case, lines[-1])
-    assert 'Traceback' not in result.stderr, case
+    with pytest.raises(errors.UserError, match=re.escape(message)):
+      prior_train.train_and_evaluate(config, str(workdir))
     assert not os.path.exists(workdir) or not os.listdir(workdir), case
+  # Through launch.py: the same refusal as one line and exit code 2.
+  result = run_launch(launch_args(tmp_path / 'launched', cae_workdir, photo_data_dir))
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error:') and 'has no discrete codes' in last, last
 
 
 def test_a_workdir_keeps_the_codes_of_its_first_stage(vq_workdir, photo_data_dir, tmp_path):
