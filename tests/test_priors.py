@@ -130,6 +130,7 @@ def test_a_prior_stopped_and_resumed_ends_where_an_unstopped_one_does(
   assert 'eval/bpd' not in final  # The first stage's MSE gives no reconstruction term.
 
 
+@pytest.mark.slow
 def test_a_tiny_prior_trains_through_launch_and_samples(vq_workdir, photo_data_dir, tmp_path):
   workdir = tmp_path / 'prior'
   result = run_launch(launch_args(workdir, vq_workdir, photo_data_dir))
@@ -158,6 +159,7 @@ def test_a_tiny_prior_trains_through_launch_and_samples(vq_workdir, photo_data_d
   assert bits.shape == (8,) and np.all(bits > 0)
 
 
+@pytest.mark.slow
 def test_refusals_name_the_problem_and_write_nothing(vq_workdir, cae_workdir, photo_data_dir,
                                                      tmp_path):
   cases = {
@@ -184,6 +186,7 @@ def test_refusals_name_the_problem_and_write_nothing(vq_workdir, cae_workdir, ph
   assert last.startswith('error:') and 'has no discrete codes' in last, last
 
 
+@pytest.mark.slow
 def test_a_workdir_keeps_the_codes_of_its_first_stage(vq_workdir, photo_data_dir, tmp_path):
   """A prior's workdir relaunched with another first stage is refused, its files intact."""
   workdir = tmp_path / 'prior'
