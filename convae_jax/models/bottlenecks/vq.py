@@ -127,12 +127,8 @@ class VectorQuantizer(parts.Bottleneck):
   def code_latents(self, codes):
     """The codebook vectors of `codes` [N, h, w], projected back to the encoder's channels
     where code_dim differs; read from the variables __call__ made."""
-    params, state = self.variables['params'], self.variables['vq']
-    if self.codebook == 'ema':
-      raw = state['embed_sum'] / jnp.maximum(state['cluster_size'], 1e-12)[:, None]
-    else:
-      raw = params['codebook'] + state['offset']
-    vectors = self._normalized(raw)[codes]
+    params = self.variables['params']
+    vectors = self._codebook_of({**params, **self.variables['vq']})[codes]
     if 'from_code' in params:
       vectors = vectors @ params['from_code']['kernel'] + params['from_code']['bias']
     return vectors
@@ -165,11 +161,14 @@ class VectorQuantizer(parts.Bottleneck):
     return l2_normalized(codebook) if self.l2_normalize else codebook
 
   def _codebook(self, variables: dict) -> jax.Array:
+    return self._codebook_of({name: getattr(v, 'value', v) for name, v in variables.items()})
+
+  def _codebook_of(self, values: dict) -> jax.Array:
+    """The codebook in use, from the arrays it is stored as (by variable name)."""
     if self.codebook == 'ema':
-      raw = (variables['embed_sum'].value /
-             jnp.maximum(variables['cluster_size'].value, 1e-12)[:, None])
+      raw = values['embed_sum'] / jnp.maximum(values['cluster_size'], 1e-12)[:, None]
     else:
-      raw = variables['codebook'] + variables['offset'].value
+      raw = values['codebook'] + values['offset']
     return self._normalized(raw)
 
   def _update_state(self, variables, codebook, flat, codes, errors) -> None:
