@@ -15,8 +15,8 @@ from convae_jax import prior_config
 from convae_jax.models import parts, priors
 
 # preset: the prior's settings where they differ from its defaults.
-# Sized to train in well under an hour on a 2-core CPU: each costs about 0.1 GFLOP per code
-# grid forward.
+# Sized to train in about an hour on a 2-core CPU (docs/priors.md has the runs): about 0.1
+# GFLOP per code grid forward each.
 PRESETS = {
     # taming-transformers' second stage, small: a causal transformer in raster order.
     'transformer': ('transformer', {'width': 128, 'depth': 4, 'num_heads': 4}),
