@@ -249,3 +249,21 @@ def test_the_prior_table_shows_the_runs_figures(prior_workdir, capsys):
   below = final['eval/below_marginal_entropy']
   assert cells['status'] == ('met' if below >= 0.15 else
                              f'missed by {100 * (0.15 - below):.1f} percentage points')
+
+
+def test_bits_per_dim_adds_the_first_stages_reconstruction_term(photo_data_dir, tmp_path):
+  """With a first stage whose likelihood is over pixels, eval/bpd is the VQ-VAE paper's
+  figure: the prior's bits per image dimension plus the decoder's -log p(x | z) in bits/dim."""
+  from configs import photos  # pylint: disable=g-import-not-at-top
+  first_config = tiny(photos.get_config('vqvae'), data_dir=photo_data_dir, num_train_steps=2)
+  first_config.model.likelihood = {'name': 'discretized_logistic'}
+  first = str(tmp_path / 'first')
+  train.train_and_evaluate(first_config, first)
+  prior_train.train_and_evaluate(prior_config(first, photo_data_dir, num_train_steps=2),
+                                 str(tmp_path / 'prior'))
+  nll_bpd = inference.load(first).evaluate('test', data_dir=photo_data_dir)['nll_bpd']
+  about = json.load(open(tmp_path / 'prior' / 'codes' / 'about.json', encoding='utf-8'))
+  assert about['first_stage_eval_nll_bpd'] == pytest.approx(nll_bpd, rel=1e-6)
+  lines = [json.loads(l) for l in open(tmp_path / 'prior' / 'metrics.jsonl', encoding='utf-8')]
+  final = [l for l in lines if 'eval/bits_per_code' in l][-1]
+  assert final['eval/bpd'] == pytest.approx(final['eval/prior_bpd'] + nll_bpd, rel=1e-6)
