@@ -47,6 +47,13 @@ class CodePrior(nn.Module):
     base.require_one_of('model', 'dtype', self.dtype, ('float32', 'bfloat16'))
     super().__post_init__()
 
+  def require_sizes(self, what: str, fields: tuple[str, ...]) -> None:
+    """A subclass's checks: each of `fields` an integer >= 1, and `dropout` in [0, 1)."""
+    for field in fields:
+      value = getattr(self, field)
+      base.require(what, field, value, base.is_int(value) and value >= 1, 'be an integer >= 1')
+    base.require(what, 'dropout', self.dropout, 0.0 <= self.dropout < 1.0, 'lie in [0, 1)')
+
   @property
   def num_positions(self) -> int:
     return math.prod(self.grid)

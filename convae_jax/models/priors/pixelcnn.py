@@ -62,12 +62,9 @@ class GatedPixelCNN(CodePrior):
 
   def __post_init__(self):
     what = "model 'pixelcnn'"
-    for field in ('width', 'depth'):
-      value = getattr(self, field)
-      base.require(what, field, value, base.is_int(value) and value >= 1, 'be an integer >= 1')
+    self.require_sizes(what, ('width', 'depth'))
     base.require(what, 'kernel_size', self.kernel_size, base.is_int(self.kernel_size) and
                  self.kernel_size >= 3 and self.kernel_size % 2 == 1, 'be an odd integer >= 3')
-    base.require(what, 'dropout', self.dropout, 0.0 <= self.dropout < 1.0, 'lie in [0, 1)')
     super().__post_init__()
 
   @nn.compact

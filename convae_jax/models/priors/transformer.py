@@ -41,12 +41,9 @@ class CausalTransformer(CodePrior):
 
   def __post_init__(self):
     what = "model 'transformer'"
-    for field in ('width', 'depth', 'num_heads', 'mlp_ratio'):
-      value = getattr(self, field)
-      base.require(what, field, value, base.is_int(value) and value >= 1, 'be an integer >= 1')
+    self.require_sizes(what, ('width', 'depth', 'num_heads', 'mlp_ratio'))
     base.require(what, 'width', self.width, self.width % self.num_heads == 0,
                  f'divide by num_heads={self.num_heads}')
-    base.require(what, 'dropout', self.dropout, 0.0 <= self.dropout < 1.0, 'lie in [0, 1)')
     super().__post_init__()
 
   @nn.compact
