@@ -519,10 +519,6 @@ class TrainedPrior:
             f'weights={self.weights!r}, workdir={self.workdir!r}, '
             f'first_stage={self.first_stage.workdir!r})')
 
-  @property
-  def can_sample(self) -> bool:
-    return True
-
   def sample_codes(self, num: int, temperature: float = 1.0, top_k: int = 0,
                    seed: int = 0) -> np.ndarray:
     """`num` code grids [num, h, w] drawn in raster order at `temperature`, each code from

@@ -55,10 +55,6 @@ class CodePrior(nn.Module):
     base.require(what, 'dropout', self.dropout, 0.0 <= self.dropout < 1.0, 'lie in [0, 1)')
 
   @property
-  def num_positions(self) -> int:
-    return math.prod(self.grid)
-
-  @property
   def rng_streams(self) -> tuple[str, ...]:
     """The PRNG streams it draws from in training (the trainer passes a key for each)."""
     return ('dropout',) if getattr(self, 'dropout', 0.0) > 0 else ()
