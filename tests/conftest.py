@@ -77,20 +77,10 @@ def run_cli(*argv):
   return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture
-def xla_optimizations():
-  """Compiles this test's steps with XLA's optimizations: steps with LPIPS's AlexNet and a
-  discriminator run slowly enough without them to outweigh the longer compile."""
-  import jax  # pylint: disable=g-import-not-at-top
-  before = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', False)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 def run_launch(args, *, devices: int = 1, timeout: int = 300, optimized: bool = False):
   """Runs launch.py in a fresh process with `devices` fake CPU devices (compiled with XLA's
-  optimizations if `optimized`, as for the xla_optimizations fixture)."""
+  optimizations if `optimized`: steps with LPIPS's AlexNet and a discriminator run slowly
+  enough without them to outweigh the longer compile)."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')
   if optimized:
