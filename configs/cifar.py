@@ -57,14 +57,14 @@ PRESET_SETTINGS = {
 # adaptive adversarial term at 0.8 and 0.5, the discriminator starting once the autoencoder
 # reconstructs. Scaled to 32x32 images on a CPU: LPIPS-AlexNet (VGG16 costs several times the
 # whole step: benchmarks/loss_terms.py), at 0.1 beside an MSE, whose gradient at these errors
-# is about a tenth of L1's; a narrower PatchGAN; the start a third into the 8-epoch run.
-ADVERSARIAL = {'start_step': 1000, 'loss': 'hinge', 'adaptive_weight': True,
+# is about a tenth of L1's; a narrower PatchGAN; the start a third into the 8-epoch run; the
+# adversarial weight 0.1 (MaskGIT's and MAGVIT's), as taming's 0.8 undid the reconstructions
+# when the discriminator started (docs/results.md).
+ADVERSARIAL = {'weight': 0.1, 'start_step': 1000, 'loss': 'hinge', 'adaptive_weight': True,
                'discriminator': {'name': 'patchgan', 'widths': (32, 64, 128)}}
 LOSSES = {
-    'vqgan-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'},
-                     'adversarial': {**ADVERSARIAL, 'weight': 0.8}},
-    'klae-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'},
-                    'adversarial': {**ADVERSARIAL, 'weight': 0.5}},
+    'vqgan-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'}, 'adversarial': ADVERSARIAL},
+    'klae-resnet': {'lpips': {'weight': 0.1, 'network': 'alexnet'}, 'adversarial': ADVERSARIAL},
 }
 
 
