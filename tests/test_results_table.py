@@ -196,3 +196,17 @@ def test_lpips_comes_from_the_run_or_its_kept_evaluation_and_targets_compare_run
   shortfall = final['eval/lpips'] - 0.75 * 0.1234
   lpips_status = 'LPIPS **met**' if shortfall <= 0 else f'LPIPS **missed by {shortfall:.4f}**'
   assert rows[0]['status'] == f'{lpips_status}; PSNR **met**'
+
+
+def test_the_model_column_names_the_runs_loss_terms(cae_workdir, tmp_path, capsys):
+  kept = tmp_path / 'kept'  # The cae's run, as if trained with LPIPS and a discriminator.
+  kept.mkdir()
+  shutil.copy(os.path.join(cae_workdir, 'metrics.jsonl'), kept / 'metrics.jsonl')
+  config = json.load(open(os.path.join(cae_workdir, 'config.json'), encoding='utf-8'))
+  config['losses'] = cifar.get_config('vqgan-resnet').losses.to_dict()
+  (kept / 'config.json').write_text(json.dumps(config))
+  assert results_table.main([f'terms={kept}', f'plain={cae_workdir}']) == 0
+  rows = capsys.readouterr().out.strip().splitlines()[2:]
+  models = [dict(zip(results_table.COLUMNS, [c.strip() for c in r.strip('|').split('|')]))[
+      'model'] for r in rows]
+  assert models == ['seed+identity+mse+adversarial+lpips', 'seed+identity+mse']

@@ -127,6 +127,11 @@ def _duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
+def _label(model, config) -> str:
+  """The model's parts and the run's loss terms beyond them: resnet+vq+mse+adversarial+lpips."""
+  return '+'.join([model.label or config.model.name, *sorted(config.get('losses') or {})])
+
+
 def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
   """The run's row from its last evaluation's `prefix` figures (eval_raw/: the raw weights of
   a run with EMA)."""
@@ -143,7 +148,7 @@ def row(name: str, workdir: str, prefix: str = 'eval/') -> dict[str, str]:
   model = _model(workdir, config)
   fmt = lambda key, spec: format(last[key], spec) if key in last else '-'
   return {
-      'run': name, 'model': model.label or config.model.name,
+      'run': name, 'model': _label(model, config),
       'parameters': f'{parameter_count(config):,}', 'steps': str(last['step']),
       'test MSE': fmt('eval/mse', '.5f'), 'PSNR (dB)': fmt('eval/psnr', '.2f'),
       'SSIM': fmt('eval/ssim', '.3f'), 'LPIPS': fmt('eval/lpips', '.4f'),
@@ -251,7 +256,7 @@ def target_rows(runs: list[tuple[str, str]], targets: dict) -> list[dict[str, st
     config, last = _last_eval(workdir)
     finals[name] = last
     model = _model(workdir, config)
-    rows.append({'run': name, 'model': model.label or config.model.name,
+    rows.append({'run': name, 'model': _label(model, config),
                  'training': training_length(config, last['step']),
                  'main figure': _main_figure(workdir, config, last, model),
                  'LPIPS': f'{last["eval/lpips"]:.4f}' if 'eval/lpips' in last else '-'})
