@@ -59,7 +59,7 @@ PRESET_SETTINGS = {
 # whole step: benchmarks/loss_terms.py), at 0.1 beside an MSE, whose gradient at these errors
 # is about a tenth of L1's; a narrower PatchGAN; the start a third into the 8-epoch run; the
 # adversarial weight 0.1 (MaskGIT's and MAGVIT's), as taming's 0.8 undid the reconstructions
-# when the discriminator started (docs/results.md).
+# when the discriminator started (docs/losses.md).
 ADVERSARIAL = {'weight': 0.1, 'start_step': 1000, 'loss': 'hinge', 'adaptive_weight': True,
                'discriminator': {'name': 'patchgan', 'widths': (32, 64, 128)}}
 LOSSES = {
