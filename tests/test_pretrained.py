@@ -13,6 +13,7 @@ from configs import cifar, photos
 from convae_jax import config_checks, inference, input_pipeline, pretrained, train
 
 from conftest import REPO, run_cli, tiny
+from tools import pretrained as pretrained_tool
 
 SHIPPED = pretrained.names()
 PHOTO = os.path.join(REPO, 'docs', 'coffee.jpg')
@@ -64,6 +65,15 @@ def test_reconstruct_and_list_from_the_command_line(tmp_path):
   listed = [line.split()[0] for line in stdout.splitlines()[1:-1]]
   assert listed == SHIPPED
   assert pretrained.manifest(name)['test_summary'] in stdout
+
+
+def test_the_docs_table_is_the_generated_one():
+  generated = pretrained_tool.table()
+  with open(os.path.join(REPO, 'docs', 'pretrained.md'), encoding='utf-8') as f:
+    assert generated in f.read(), 'rerun: python tools/pretrained.py --table'
+  assert len(generated.splitlines()) == 2 + len(SHIPPED)
+  # A preset with loss terms names them, as the results tables do.
+  assert '| `vqgan-resnet` | resnet+vq+mse+adversarial+lpips |' in generated
 
 
 @pytest.fixture

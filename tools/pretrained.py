@@ -110,7 +110,9 @@ def table() -> str:
   for name in pretrained.names():
     m = pretrained.manifest(name)
     minutes = '-' if m['training_seconds'] is None else f'{m["training_seconds"] / 60:.0f} min'
-    rows.append(f'| `{name}` | {m["model"]} | {m["training"]} | {m["test_summary"]} | '
+    # The loss terms beside the parts, as the results tables name a model.
+    model = '+'.join([m['model'], *sorted(m['config'].get('losses') or {})])
+    rows.append(f'| `{name}` | {model} | {m["training"]} | {m["test_summary"]} | '
                 f'{minutes} | {m["machine"]} | {m["bytes"] / 1024:,.0f} KiB |')
   return '\n'.join(rows)
 
