@@ -82,7 +82,8 @@ def _unexpected_custom_calls(module_text: str) -> set[str]:
 
 def _per_device(tree):
   """Abstract arrays with a leading device axis, as the pmapped steps take them."""
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct((DEVICES,) + s.shape, s.dtype), tree)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct((DEVICES,) + s.shape, s.dtype, weak_type=s.weak_type), tree)
 
 
 def _step(config, model, kind: str, kernels: str = 'auto'):
@@ -129,6 +130,24 @@ def test_preset_step_lowers_for_gpu_and_tpu(preset, dtype, kind):
         'a CPU-only kernel, or a GPU/TPU one to check and add to ALLOWED_CUSTOM_CALLS')
 
 
+def _types(tree):
+  return jax.tree.map(lambda s: (s.shape, s.dtype, s.weak_type), tree)
+
+
+@pytest.mark.parametrize('dtype', trainer_config.DTYPES)
+@pytest.mark.parametrize('preset', cifar.VARIANTS)
+def test_the_train_step_returns_the_types_it_takes(preset, dtype):
+  # A fresh state's leaf that the step returns otherwise (a weak type: jnp.full(shape, 0.5)
+  # with no dtype) makes the second step trace and compile again, on every fresh run.
+  config = tiny(cifar.get_config(preset), dtype=dtype)
+  config_checks.check(config, DEVICES)
+  model = models.create_model(config.model, config.dtype)
+  step, args = _step(config, model, 'train')
+  state, totals = jax.eval_shape(step, *args)
+  assert _types(state) == _types(args[0])
+  assert _types(totals) == _types(args[1])
+
+
 @pytest.mark.parametrize('dtype', trainer_config.DTYPES)
 @pytest.mark.parametrize('preset', cifar_prior.PRESETS)
 def test_prior_steps_and_sampling_lower_for_gpu_and_tpu(preset, dtype):
@@ -155,6 +174,9 @@ def test_prior_steps_and_sampling_lower_for_gpu_and_tpu(preset, dtype):
     for platform in PLATFORMS:
       unexpected = _unexpected_custom_calls(_lower(make, platform))
       assert not unexpected, f'{preset} {kind} ({dtype}) on {platform}: {unexpected}'
+  # The train step returns the types it takes (test_the_train_step_returns_the_types_it_takes).
+  args = made['train']()[1]
+  assert _types(jax.eval_shape(train_step, *args)) == _types(args[:2])
 
 
 @pytest.mark.parametrize('preset', ['cae', 'resae'])

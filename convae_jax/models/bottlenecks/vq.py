@@ -138,7 +138,7 @@ class VectorQuantizer(parts.Bottleneck):
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
     variables = {
         # Each code's moving-average share of positions (sums to 1), for finding dead codes.
-        'usage': self.variable('vq', 'usage', lambda: jnp.full((k,), 1.0 / k)),
+        'usage': self.variable('vq', 'usage', lambda: jnp.full((k,), 1.0 / k, jnp.float32)),
         # 0 until the first training step (then the codebook came from data if asked).
         'initialized': self.variable('vq', 'initialized', jnp.zeros, (), jnp.float32),
     }
@@ -147,7 +147,7 @@ class VectorQuantizer(parts.Bottleneck):
       # positions (shares, so a mean over devices or micro-batches of equal size is the
       # global batch's); the code is their ratio.
       variables['cluster_size'] = self.variable('vq', 'cluster_size',
-                                                lambda: jnp.full((k,), 1.0 / k))
+                                                lambda: jnp.full((k,), 1.0 / k, jnp.float32))
       variables['embed_sum'] = self.variable(
           'vq', 'embed_sum', lambda: init(self.make_rng('params'), (k, dim)) / k)
     else:
