@@ -149,7 +149,7 @@ def test_the_crash_script_ends_with_the_unstopped_runs_discriminator(tmp_path, p
   env = {k: v for k, v in os.environ.items() if k != 'JAX_DISABLE_MOST_OPTIMIZATIONS'}
   result = subprocess.run(
       [sys.executable, 'tools/crash_test.py', '--kills', '1', '--seed', '1', '--after_step',
-       '15', '--min_delay', '0', '--max_delay', '1', '--workdir', str(tmp_path), '--',
+       '16', '--min_delay', '0', '--max_delay', '1', '--workdir', str(tmp_path), '--',
        '--config', 'configs/photos.py:vqgan-resnet', f'--config.data_dir={photo_data_dir}',
        '--config.num_train_steps=40', '--config.batch_size=16',
        '--config.checkpoint_every_steps=5', '--config.eval_every_steps=100000',
@@ -160,7 +160,8 @@ def test_the_crash_script_ends_with_the_unstopped_runs_discriminator(tmp_path, p
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
   report = json.load(open(tmp_path / 'report.json', encoding='utf-8'))
   assert report['final_state_equal'] is True
-  # Killed once the discriminator trained, and resumed from a checkpoint of it.
+  # Killed once the discriminator trained, and resumed from a checkpoint of it (step 16 is
+  # logged after step 15's checkpoint is complete).
   assert report['kills'] == 1 and report['events'][0]['resumed_from'] >= 15, report['events']
 
 
