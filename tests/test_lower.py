@@ -134,12 +134,15 @@ def _types(tree):
   return jax.tree.map(lambda s: (s.shape, s.dtype, s.weak_type), tree)
 
 
-@pytest.mark.parametrize('dtype', trainer_config.DTYPES)
-@pytest.mark.parametrize('preset', cifar.VARIANTS)
-def test_the_train_step_returns_the_types_it_takes(preset, dtype):
+@pytest.mark.parametrize('preset, settings', [
+    *((preset, {'dtype': dtype}) for preset in cifar.VARIANTS for dtype in trainer_config.DTYPES),
+    *(('vqvae', settings) for settings in (
+        {'ema_decay': 0.999}, {'accumulate_steps': 2}, {'micro_batches': 2},
+        {'skip_grad_norm_above': 10.0}, {'on_non_finite': 'skip'}, {'grad_clip_norm': 1.0}))])
+def test_the_train_step_returns_the_types_it_takes(preset, settings):
   # A fresh state's leaf that the step returns otherwise (a weak type: jnp.full(shape, 0.5)
   # with no dtype) makes the second step trace and compile again, on every fresh run.
-  config = tiny(cifar.get_config(preset), dtype=dtype)
+  config = tiny(cifar.get_config(preset), **settings)
   config_checks.check(config, DEVICES)
   model = models.create_model(config.model, config.dtype)
   step, args = _step(config, model, 'train')
