@@ -3,7 +3,10 @@ import json
 import os
 import shutil
 
+import pytest
+
 from configs import cifar
+from conftest import REPO
 from tools import results_table
 
 
@@ -210,3 +213,14 @@ def test_the_model_column_names_the_runs_loss_terms(cae_workdir, tmp_path, capsy
   models = [dict(zip(results_table.COLUMNS, [c.strip() for c in r.strip('|').split('|')]))[
       'model'] for r in rows]
   assert models == ['seed+identity+mse+adversarial+lpips', 'seed+identity+mse']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('page', ['README.md', 'docs/results.md', 'docs/priors.md'])
+def test_the_pages_tables_are_what_their_commands_print(page):
+  # Each table is generated from the kept runs (results/): a typed or stale one fails here.
+  from tools import refresh_tables
+  with open(os.path.join(REPO, page), encoding='utf-8') as f:
+    text = f.read()
+  assert refresh_tables.refresh(text, REPO) == text, (
+      f'rerun: python tools/refresh_tables.py {page}')
